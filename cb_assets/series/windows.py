@@ -2,15 +2,28 @@
 
 A day of 1000-second windows over ~400 features would be tens of GB if materialised; here a partition
 stores one matrix of consecutive seconds and the windows are strided views into it.
+
+Partition rule: a window belongs to the one hour partition that contains its LAST label time
+``t + max(horizons)``. Hour ``H`` therefore holds the anchors ``H - max(h) <= t < H + 1 h - max(h)``
+(3600 windows), reads feature rows from ``H - max(h) - window + 1`` (the previous hour's indicators) and
+observed prices up to ``H + 1 h - 1 s`` (its own hour), so it can be built as soon as hour H has landed
+and no window is ever counted twice.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from cb_assets.series.schema import WINDOW_S
+from cb_assets.series.indicators import FEATURE_NAMES
+from cb_assets.series.resample import grid_index
+from cb_assets.series.schema import HORIZONS_S, HOUR_S, SECOND_NS, WINDOW_S
 
 
 @dataclass(frozen=True)
@@ -88,3 +101,251 @@ class WindowSet:
     def window_at(self, i: int) -> np.ndarray:
         a = int(self.anchors[i])
         return self.features[a - self.window + 1 : a + 1]
+
+    def row_times_ns(self) -> np.ndarray:
+        """Time (ns since the epoch) of every row of `features`: rows are consecutive seconds."""
+        if not len(self):
+            raise ValueError("an empty WindowSet has no clock")
+        first = int(self.anchor_times_ns[0]) - int(self.anchors[0]) * SECOND_NS
+        return first + np.arange(self.features.shape[0], dtype=np.int64) * SECOND_NS
+
+
+def _utc_ns(ts: pd.Timestamp) -> int:
+    t = pd.Timestamp(ts)
+    t = t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+    ns = int(t.as_unit("ns").value)
+    if ns % SECOND_NS:
+        raise ValueError(f"hour_start {ts} is not on a whole second")
+    return ns
+
+
+def _product_block(
+    frame: pd.DataFrame | None, rows: pd.DatetimeIndex, columns: Sequence[str], product: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One product's feature block (float32) on the partition's rows, and the rows usable as history."""
+    if frame is None or frame.empty:
+        return np.full((len(rows), len(columns)), np.nan, dtype=np.float32), np.zeros(len(rows), dtype=bool)
+    missing = [c for c in (*columns, "warm") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{product}: indicator frame lacks columns {missing[:5]}")
+    if not frame.index.is_unique:
+        raise ValueError(f"{product}: indicator frame has duplicate times")
+    block = frame.loc[:, list(columns)].reindex(rows).to_numpy(dtype=np.float32)
+    warm = frame["warm"].reindex(rows, fill_value=False).to_numpy(dtype=bool)
+    # Finite after the float32 cast: a float64 value beyond float32 range would become inf in training.
+    return block, warm & np.isfinite(block).all(axis=1)
+
+
+def _last_log_price(series: pd.Series | None, query_ns: np.ndarray, until_ns: int) -> np.ndarray:
+    """log of the last observed price at or before each query time (NaN before the first one).
+
+    Only ticks at or before `until_ns` are read, so a partition's labels never depend on later hours.
+    """
+    if series is None or series.empty:
+        return np.full(query_ns.shape, np.nan)
+    times = series.index.as_unit("ns").asi8
+    vals = series.to_numpy(dtype=np.float64)
+    keep = np.isfinite(vals) & (vals > 0) & (times <= until_ns)
+    times, vals = times[keep], vals[keep]
+    if times.size > 1 and np.any(np.diff(times) < 0):
+        order = np.argsort(times, kind="stable")
+        times, vals = times[order], vals[order]
+    pos = np.searchsorted(times, query_ns, side="right") - 1
+    return np.where(pos >= 0, np.log(vals[np.maximum(pos, 0)]) if vals.size else np.nan, np.nan)
+
+
+def build_window_set(
+    features_by_product: Mapping[str, pd.DataFrame],
+    observed_price_by_product: Mapping[str, pd.Series],
+    products: Sequence[str],
+    hour_start: pd.Timestamp,
+    window: int = WINDOW_S,
+    horizons: Sequence[int] = HORIZONS_S,
+    feature_columns: Sequence[str] = FEATURE_NAMES,
+) -> WindowSet:
+    """The windows of hour partition `hour_start` (see the module docstring for the rule).
+
+    Args:
+        features_by_product: indicator frames (``compute_indicators`` output incl. ``warm``) indexed by
+            UTC seconds, covering at least the previous and this hour (concatenate the two hours' frames).
+            A missing or empty frame gives NaN columns and makes every window invalid.
+        observed_price_by_product: observed prices (NaN = no tick), on the grid or at tick times; the
+            value at or before a time is the price known then. Prices after the hour are ignored.
+        products: column order (product-major).
+
+    Returns:
+        A WindowSet whose float32 matrix has one row per second from the first needed feature row to the
+        last anchor, columns ``f"{product}:{feature}"``; labels ``f"{product}:r{h}s"`` =
+        ``log(last observed price at t + h) - log(last observed price at t)``. ``valid[i]``: every row of
+        window i is warm and finite for every product and every label is finite.
+
+        ``feature_stats`` covers the distinct rows that lie inside at least one valid window AND are anchor
+        rows of this partition. Every second is an anchor row of exactly one partition, so merging the
+        stats of consecutive partitions counts each second at most once (counting the whole covered
+        history instead would weight the 999 rows shared by neighbours twice).
+        ``label_stats`` covers the labels of valid windows.
+    """
+    if window < 1 or not horizons or min(horizons) < 1:
+        raise ValueError("window and horizons must be positive")
+    hour_ns = _utc_ns(hour_start)
+    h_max = max(horizons)
+    first_anchor_ns = hour_ns - h_max * SECOND_NS
+    n_rows = HOUR_S + window - 1
+    rows = grid_index(first_anchor_ns - (window - 1) * SECOND_NS, n_rows)
+    n_feat = len(feature_columns)
+
+    features = np.empty((n_rows, len(products) * n_feat), dtype=np.float32)
+    row_ok = np.ones(n_rows, dtype=bool)
+    for j, product in enumerate(products):
+        block, ok = _product_block(features_by_product.get(product), rows, feature_columns, product)
+        features[:, j * n_feat : (j + 1) * n_feat] = block
+        row_ok &= ok
+
+    anchors = np.arange(window - 1, n_rows, dtype=np.int64)
+    anchor_times_ns = first_anchor_ns + np.arange(HOUR_S, dtype=np.int64) * SECOND_NS
+    bad_before = np.concatenate([[0], np.cumsum(~row_ok)])
+    windows_ok = bad_before[anchors + 1] - bad_before[anchors + 1 - window] == 0
+
+    last_label_ns = hour_ns + (HOUR_S - 1) * SECOND_NS
+    labels = np.empty((HOUR_S, len(products) * len(horizons)), dtype=np.float32)
+    for j, product in enumerate(products):
+        series = observed_price_by_product.get(product)
+        base = _last_log_price(series, anchor_times_ns, last_label_ns)
+        for k, h in enumerate(horizons):
+            ahead = _last_log_price(series, anchor_times_ns + h * SECOND_NS, last_label_ns)
+            labels[:, j * len(horizons) + k] = ahead - base
+    valid = windows_ok & np.isfinite(labels).all(axis=1)
+
+    # Rows inside at least one valid window: +1 where a window starts, -1 after it ends.
+    edges = np.zeros(n_rows + 1, dtype=np.int64)
+    np.add.at(edges, anchors[valid] - window + 1, 1)
+    np.add.at(edges, anchors[valid] + 1, -1)
+    covered = np.cumsum(edges[:-1]) > 0
+    covered[: window - 1] = False  # history rows belong to the previous partition's statistics
+
+    return WindowSet(
+        features=features,
+        labels=labels,
+        anchors=anchors,
+        anchor_times_ns=anchor_times_ns,
+        valid=valid,
+        feature_names=tuple(f"{p}:{f}" for p in products for f in feature_columns),
+        output_names=tuple(f"{p}:r{h}s" for p in products for h in horizons),
+        window=window,
+        feature_stats=ColumnStats.of(features[covered]),
+        label_stats=ColumnStats.of(labels[valid]),
+    )
+
+
+_ARRAYS = ("features", "labels", "anchors", "anchor_times_ns", "valid")
+_FORMAT = 1
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # Write then rename, so a reader never memory-maps a half-written file.
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.save(fh, np.ascontiguousarray(array))
+    os.replace(tmp, path)
+
+
+def save_window_set(ws: WindowSet, directory: str | os.PathLike[str]) -> Path:
+    """Store `ws` as one .npy per array plus `meta.json` (written last: its presence marks completion)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "meta.json").unlink(missing_ok=True)
+    for name in _ARRAYS:
+        _save_npy(d / f"{name}.npy", getattr(ws, name))
+    for name in ("feature_stats", "label_stats"):
+        stats: ColumnStats | None = getattr(ws, name)
+        if stats is not None:
+            _save_npy(d / f"{name}.npy", np.stack([stats.count, stats.total, stats.total_sq]))
+    meta = {
+        "format": _FORMAT,
+        "window": ws.window,
+        "n_windows": len(ws),
+        "n_valid": int(np.count_nonzero(ws.valid)),
+        "feature_names": list(ws.feature_names),
+        "output_names": list(ws.output_names),
+        "stats": [n for n in ("feature_stats", "label_stats") if getattr(ws, n) is not None],
+    }
+    tmp = d / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, d / "meta.json")
+    return d
+
+
+def load_window_set(directory: str | os.PathLike[str], mmap: bool = True) -> WindowSet:
+    """Load a stored WindowSet; with `mmap` the feature matrix and labels stay on disk (read-only)."""
+    d = Path(directory)
+    meta = json.loads((d / "meta.json").read_text())
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{d}: unknown window-set format {meta.get('format')!r}")
+    mode = "r" if mmap else None
+    arrays = {
+        n: np.load(d / f"{n}.npy", mmap_mode=mode if n in ("features", "labels") else None) for n in _ARRAYS
+    }
+    stats = {}
+    for name in meta["stats"]:
+        count, total, total_sq = np.load(d / f"{name}.npy")
+        stats[name] = ColumnStats(count, total, total_sq)
+    ws = WindowSet(
+        **arrays,
+        feature_names=tuple(meta["feature_names"]),
+        output_names=tuple(meta["output_names"]),
+        window=int(meta["window"]),
+        **stats,
+    )
+    if ws.features.shape[1] != len(ws.feature_names) or ws.labels.shape != (len(ws), len(ws.output_names)):
+        raise ValueError(f"{d}: arrays do not match meta.json")
+    return ws
+
+
+def merge_stats(sets: Sequence[WindowSet]) -> tuple[ColumnStats, ColumnStats]:
+    """Feature and label statistics of several partitions (e.g. exactly the training partitions)."""
+    if not sets:
+        raise ValueError("no window sets to merge")
+    feats = [s.feature_stats for s in sets]
+    labs = [s.label_stats for s in sets]
+    if any(x is None for x in (*feats, *labs)):
+        raise ValueError("a window set carries no statistics")
+    f, lab = feats[0], labs[0]
+    for a, b in zip(feats[1:], labs[1:], strict=True):
+        f, lab = f.merge(a), lab.merge(b)
+    return f, lab
+
+
+def iter_batches(
+    sets: Sequence[WindowSet],
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int | None = None,
+    only_valid: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x (b, window, n_features) float32, y (b, n_outputs) float32) across partitions.
+
+    Only one batch is ever copied out of the (possibly memory-mapped) matrices, so training over a day of
+    partitions needs neither a concatenation nor the windows in RAM.
+    """
+    if not sets:
+        return
+    names, window = sets[0].feature_names, sets[0].window
+    if any(s.feature_names != names or s.window != window for s in sets):
+        raise ValueError("window sets disagree on feature columns or window length")
+    pairs = [
+        (k, i) for k, s in enumerate(sets) for i in np.flatnonzero(s.valid if only_valid else np.ones(len(s)))
+    ]
+    index = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    if shuffle:
+        index = index[np.random.default_rng(seed).permutation(len(index))]
+    views = [s.views() if len(s) else None for s in sets]
+    for start in range(0, len(index), batch_size):
+        chunk = index[start : start + batch_size]
+        x = np.empty((len(chunk), window, len(names)), dtype=np.float32)
+        y = np.empty((len(chunk), sets[0].labels.shape[1]), dtype=np.float32)
+        for k in np.unique(chunk[:, 0]):
+            mask = chunk[:, 0] == k
+            x[mask] = views[k][chunk[mask, 1]]
+            y[mask] = sets[k].labels[chunk[mask, 1]]
+        yield x, y
