@@ -90,7 +90,8 @@ class Settings:
     def describe(self) -> dict[str, str]:
         """What a status line or the UI may show: no passwords."""
         return {
-            "CB_DATABASE_URL": redact_url(self.database_url) + (" (embedded)" if self.database_embedded else ""),
+            "CB_DATABASE_URL": redact_url(self.database_url)
+            + (" (embedded)" if self.database_embedded else ""),
             "CB_KAFKA_BOOTSTRAP": self.kafka_bootstrap + (" (bundled broker)" if self.kafka_embedded else ""),
             "CB_TOPIC": self.topic,
             "CB_PRODUCTS": ",".join(self.products),
@@ -136,7 +137,9 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: flo
 def _postgres_url(name: str, raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("postgresql", "postgres") or not (parts.hostname or "host=" in parts.query):
-        raise ConfigError(f"{name} must look like postgresql://user[:password]@host[:port]/dbname, got {raw!r}")
+        raise ConfigError(
+            f"{name} must look like postgresql://user[:password]@host[:port]/dbname, got {raw!r}"
+        )
     if not parts.path.strip("/"):
         raise ConfigError(f"{name} must name a database (…/dbname), got {redact_url(raw)!r}")
     return raw
@@ -192,7 +195,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     topic = env.get("CB_TOPIC", "").strip() or DEFAULT_TOPIC
     if not _TOPIC_RE.match(topic):
-        raise ConfigError(f"CB_TOPIC={topic!r} is not a valid Kafka topic name ([A-Za-z0-9._-], <= 249 chars)")
+        raise ConfigError(
+            f"CB_TOPIC={topic!r} is not a valid Kafka topic name ([A-Za-z0-9._-], <= 249 chars)"
+        )
 
     ws_url = env.get("CB_COINBASE_WS_URL", "").strip() or DEFAULT_COINBASE_WS_URL
     if not ws_url.startswith(("ws://", "wss://")):
@@ -206,7 +211,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kafka_embedded=not raw_kafka,
         topic=topic,
         products=_products(env.get("CB_PRODUCTS", "").strip() or ",".join(DEFAULT_PRODUCTS)),
-        partitions_start=_partitions_start(env.get("CB_PARTITIONS_START", "").strip() or DEFAULT_PARTITIONS_START),
+        partitions_start=_partitions_start(
+            env.get("CB_PARTITIONS_START", "").strip() or DEFAULT_PARTITIONS_START
+        ),
         home=home,
         pg_port=pg_port,
         broker_port=broker_port,

@@ -11,7 +11,9 @@ from psycopg import sql
 APPLICATION_NAME = "cb-assets"
 
 
-def connect(url: str, *, autocommit: bool = False, timeout_s: float = 10.0, **kwargs: object) -> psycopg.Connection:
+def connect(
+    url: str, *, autocommit: bool = False, timeout_s: float = 10.0, **kwargs: object
+) -> psycopg.Connection:
     """Open a connection tagged with our application name (so `pg_stat_activity` tells whose it is)."""
     return psycopg.connect(
         url,

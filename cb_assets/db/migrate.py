@@ -81,7 +81,8 @@ def migrate(database_url: str, sql_dir: Path | None = None) -> list[Migration]:
         try:
             conn.execute(_BOOKKEEPING)
             done = {
-                row[0]: row[1] for row in conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+                row[0]: row[1]
+                for row in conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
             }
             for mig in migrations:
                 if mig.version in done:
@@ -111,4 +112,6 @@ def applied_versions(database_url: str) -> list[int]:
         exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
         if not exists or not exists[0]:
             return []
-        return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()]
+        return [
+            r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        ]

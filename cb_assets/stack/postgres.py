@@ -151,9 +151,7 @@ class EmbeddedPostgres:
                 )
             return
         if port_open("127.0.0.1", self.port):
-            raise RuntimeError(
-                f"port {self.port} is taken by another program; set CB_PG_PORT to a free port"
-            )
+            raise RuntimeError(f"port {self.port} is taken by another program; set CB_PG_PORT to a free port")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         user = _run_as()
         log_target = self.data_dir / "server.log"  # owned by the server's user

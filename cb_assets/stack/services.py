@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cb_assets.config import Settings, redact_url
 from cb_assets.db.connection import ensure_database, wait_for_postgres
 from cb_assets.stack.broker import BundledBroker
+from cb_assets.stack.dagster_home import prepare_dagster_home, write_dotenv
 from cb_assets.stack.postgres import EmbeddedPostgres
 from cb_assets.stack.procs import port_open
 
@@ -32,7 +33,9 @@ def embedded_postgres(settings: Settings) -> EmbeddedPostgres:
 
 
 def bundled_broker(settings: Settings) -> BundledBroker:
-    return BundledBroker(settings.broker_port, settings.run_dir / "broker.pid", settings.log_dir / "broker.log")
+    return BundledBroker(
+        settings.broker_port, settings.run_dir / "broker.pid", settings.log_dir / "broker.log"
+    )
 
 
 _BROKER_NOTE = "bundled Tansu broker, MEMORY storage: its topics vanish when it stops"
@@ -58,6 +61,8 @@ def services_up(settings: Settings) -> list[ServiceLine]:
         )
     else:
         lines.append(_external_postgres(settings))
+    prepare_dagster_home(settings)
+    write_dotenv(settings)
     if settings.kafka_embedded:
         broker = bundled_broker(settings)
         pid = broker.start()
@@ -71,7 +76,9 @@ def services_down(settings: Settings) -> list[ServiceLine]:
     lines: list[ServiceLine] = []
     if settings.kafka_embedded:
         stopped = bundled_broker(settings).stop()
-        lines.append(ServiceLine("kafka", "stopped", settings.kafka_bootstrap, "" if stopped else "was not running"))
+        lines.append(
+            ServiceLine("kafka", "stopped", settings.kafka_bootstrap, "" if stopped else "was not running")
+        )
     else:
         lines.append(ServiceLine("kafka", "external", settings.kafka_bootstrap, "not ours to stop"))
     if settings.database_embedded:
@@ -85,7 +92,9 @@ def services_down(settings: Settings) -> list[ServiceLine]:
             )
         )
     else:
-        lines.append(ServiceLine("postgres", "external", redact_url(settings.database_url), "not ours to stop"))
+        lines.append(
+            ServiceLine("postgres", "external", redact_url(settings.database_url), "not ours to stop")
+        )
     return lines
 
 
