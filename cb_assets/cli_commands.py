@@ -8,4 +8,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
+from cb_assets.stack.cli import register as _register_up
+
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_register_up]

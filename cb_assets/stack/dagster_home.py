@@ -37,9 +37,9 @@ def dagster_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def write_dotenv(settings: Settings, directory: Path = REPO_ROOT) -> Path | None:
+def write_dotenv(settings: Settings, directory: Path | None = None) -> Path | None:
     """Write `.env` for the embedded defaults; leave a user's own `.env` alone."""
-    path = directory / ".env"
+    path = (directory or Path.cwd()) / ".env"
     if path.exists() and not path.read_text().startswith(_MARKER):
         return None
     if not settings.database_embedded:
