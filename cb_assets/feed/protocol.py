@@ -1,0 +1,468 @@
+"""The Coinbase Advanced Trade WebSocket protocol as pure functions: frame text in, typed frames out.
+
+Nothing here does I/O, so every source (live client, replay, simulator) and every test shares one parser.
+Facts this relies on (see /work/shared/reference/coinbase-advanced-trade-ws.md): every frame is an envelope
+with `channel`, an optional `client_id`, an RFC 3339 `timestamp` with nanoseconds, a `sequence_num` and
+`events`; ticker fields are decimal strings; error frames have no envelope at all; new message types may
+appear at any time and must be ignored, never fatal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from cb_assets.series.schema import SECOND_NS, SERIES_COLUMNS
+
+KNOWN_CHANNELS = ("ticker_batch", "heartbeats", "subscriptions")
+TICKER_EVENT_TYPES = ("snapshot", "update")
+OPTIONAL_TICKER_FIELDS = ("best_bid", "best_ask")
+SOURCES = ("live", "replay", "simulated")
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be understood; the message says why so the caller can log and count it."""
+
+
+# ---------------------------------------------------------------------------------------------- time
+
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):?(\d{2}))"
+)
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _is_leap(y: int) -> bool:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    # Howard Hinnant's algorithm: integer-only, so no float ever touches the nanoseconds.
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    z += 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    return yoe + era * 400 + (m <= 2), m, d
+
+
+def parse_rfc3339_ns(s: str) -> int:
+    """Integer nanoseconds since the Unix epoch, exactly (datetime would keep only microseconds).
+
+    Accepts `Z`/`z` or a numeric offset (`+02:00`, also `+0200`), 0 to 9 fractional digits, and a space
+    instead of `T`. More than 9 fractional digits is rejected rather than silently rounded.
+    """
+    if not isinstance(s, str):
+        raise ProtocolError(f"timestamp must be a string, got {type(s).__name__}")
+    m = _RFC3339_RE.fullmatch(s)
+    if m is None:
+        raise ProtocolError(f"timestamp {s!r} is not RFC 3339 (YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM))")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    frac, zulu, sign, off_h, off_m = m.group(7, 8, 9, 10, 11)
+    if not 1 <= month <= 12:
+        raise ProtocolError(f"timestamp {s!r}: month {month} out of range")
+    days_in_month = 29 if month == 2 and _is_leap(year) else _DAYS_IN_MONTH[month - 1]
+    if not 1 <= day <= days_in_month:
+        raise ProtocolError(f"timestamp {s!r}: day {day} out of range")
+    # Leap seconds (:60) never occur in Coinbase frames; refusing them keeps the arithmetic honest.
+    if hour > 23 or minute > 59 or second > 59:
+        raise ProtocolError(f"timestamp {s!r}: time of day out of range")
+    if frac is not None and len(frac) > 9:
+        raise ProtocolError(f"timestamp {s!r}: more than 9 fractional digits")
+    nanos = int(frac.ljust(9, "0")) if frac else 0
+    offset_s = 0
+    if not zulu:
+        oh, om = int(off_h), int(off_m)
+        if oh > 23 or om > 59:
+            raise ProtocolError(f"timestamp {s!r}: offset out of range")
+        offset_s = (oh * 3600 + om * 60) * (1 if sign == "+" else -1)
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - offset_s
+    return seconds * SECOND_NS + nanos
+
+
+def format_rfc3339_ns(ns: int) -> str:
+    """The UTC RFC 3339 string with 9 fractional digits that `parse_rfc3339_ns` maps back to `ns`."""
+    secs, nanos = divmod(int(ns), SECOND_NS)
+    days, sod = divmod(secs, 86400)
+    y, mo, d = _civil_from_days(days)
+    hh, rem = divmod(sod, 3600)
+    mm, ss = divmod(rem, 60)
+    return f"{y:04d}-{mo:02d}-{d:02d}T{hh:02d}:{mm:02d}:{ss:02d}.{nanos:09d}Z"
+
+
+def go_time_string(ns: int, monotonic_s: float | None = None) -> str:
+    """A heartbeat `current_time` the way Go prints a time.Time (what Coinbase sends), for emitters."""
+    iso = format_rfc3339_ns(ns)
+    text = f"{iso[:10]} {iso[11:29]} +0000 UTC"
+    return text if monotonic_s is None else f"{text} m=+{monotonic_s:.9f}"
+
+
+# -------------------------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True, slots=True)
+class Ticker:
+    """One product's ticker from a ticker_batch event; numbers stay the exact strings the server sent."""
+
+    product_id: str
+    price: str
+    volume_24_h: str
+    low_24_h: str
+    high_24_h: str
+    low_52_w: str
+    high_52_w: str
+    price_percent_chg_24_h: str
+    best_bid: str | None
+    best_ask: str | None
+    event_type: str  # "snapshot" or "update"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A parsed envelope of a known channel. Subclasses carry the channel's events."""
+
+    channel: str
+    client_id: str | None
+    timestamp: str  # the original text, forwarded unchanged into the Kafka message
+    time_ns: int
+    sequence_num: int
+
+
+@dataclass(frozen=True, slots=True)
+class TickerBatchFrame(Frame):
+    tickers: tuple[Ticker, ...] = ()
+    # Tickers dropped for a bad field, with the reason: one broken ticker must not cost the whole batch.
+    rejected: tuple[str, ...] = ()
+    ignored_events: int = 0  # events of a type other than snapshot/update (future protocol additions)
+
+    @property
+    def is_snapshot(self) -> bool:
+        return any(t.event_type == "snapshot" for t in self.tickers)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatFrame(Frame):
+    counter: int = 0
+    current_time: str = ""  # a Go time string, kept as text: it is not RFC 3339 and nothing needs it parsed
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionsFrame(Frame):
+    subscriptions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    """`{"type": "error", "message": ...}`: the server refused something (e.g. an unknown product)."""
+
+    message: str
+    raw: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownFrame:
+    """A channel or message type this client does not know; callers ignore it.
+
+    `sequence_num` is kept when present because the counter is (probably) shared by all channels of a
+    connection, so even an ignored frame advances it and must not look like a gap.
+    """
+
+    kind: str
+    sequence_num: int | None
+    raw: Mapping[str, Any]
+
+
+AnyFrame = Frame | ErrorFrame | UnknownFrame
+
+# A decimal number as Coinbase writes it; scientific notation is accepted because other feeds use it.
+_DECIMAL_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _loads(text: str | bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(f"frame is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"frame is a JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def _seq(obj: Mapping[str, Any]) -> int:
+    seq = obj.get("sequence_num")
+    # bool is an int subclass in Python; `true` is not a sequence number.
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError(f"sequence_num must be a non-negative integer, got {seq!r}")
+    return seq
+
+
+def _ticker(raw: Any, event_type: str) -> Ticker:
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"ticker is a {type(raw).__name__}, expected an object")
+    pid = raw.get("product_id")
+    if not isinstance(pid, str) or not pid:
+        raise ProtocolError(f"ticker without a product_id: {raw!r:.120}")
+    values: list[str] = []
+    for name in SERIES_COLUMNS:
+        v = raw.get(name)
+        if not isinstance(v, str) or _DECIMAL_RE.fullmatch(v) is None:
+            raise ProtocolError(f"{pid}: field {name}={v!r} is not a decimal string")
+        values.append(v)
+    optional: list[str | None] = []
+    for name in OPTIONAL_TICKER_FIELDS:
+        v = raw.get(name)
+        # ticker_batch omits these in production; an empty string means the same as absent.
+        if v is None or v == "":
+            optional.append(None)
+        elif isinstance(v, str) and _DECIMAL_RE.fullmatch(v):
+            optional.append(v)
+        else:
+            raise ProtocolError(f"{pid}: field {name}={v!r} is not a decimal string")
+    return Ticker(pid, *values, *optional, event_type)
+
+
+def _ticker_batch(envelope: tuple[str, str | None, str, int, int], events: list[Any]) -> TickerBatchFrame:
+    tickers: list[Ticker] = []
+    rejected: list[str] = []
+    ignored = 0
+    for ev in events:
+        if not isinstance(ev, dict):
+            raise ProtocolError(f"ticker_batch event is a {type(ev).__name__}, expected an object")
+        etype = ev.get("type")
+        if etype not in TICKER_EVENT_TYPES:
+            ignored += 1
+            continue
+        raw_tickers = ev.get("tickers")
+        if not isinstance(raw_tickers, list):
+            raise ProtocolError(f"ticker_batch {etype} event without a tickers list")
+        for raw in raw_tickers:
+            if isinstance(raw, dict) and raw.get("type", "ticker") != "ticker":
+                continue  # another kind of entry in the list: ignore like any unknown type
+            try:
+                tickers.append(_ticker(raw, etype))
+            except ProtocolError as e:
+                rejected.append(str(e))
+    return TickerBatchFrame(
+        *envelope, tickers=tuple(tickers), rejected=tuple(rejected), ignored_events=ignored
+    )
+
+
+def _heartbeat(envelope: tuple[str, str | None, str, int, int], events: list[Any]) -> HeartbeatFrame:
+    if not events or not isinstance(events[0], dict):
+        raise ProtocolError("heartbeats frame without an event object")
+    ev = events[0]
+    raw_counter = ev.get("heartbeat_counter")
+    # Production sends an int, older docs a string: accept both, nothing else.
+    if isinstance(raw_counter, int) and not isinstance(raw_counter, bool):
+        counter = raw_counter
+    elif isinstance(raw_counter, str) and raw_counter.strip().lstrip("+-").isdigit():
+        counter = int(raw_counter)
+    else:
+        raise ProtocolError(f"heartbeat_counter {raw_counter!r} is neither an integer nor a digit string")
+    current_time = ev.get("current_time", "")
+    return HeartbeatFrame(*envelope, counter=counter, current_time=str(current_time))
+
+
+def _subscriptions(envelope: tuple[str, str | None, str, int, int], events: list[Any]) -> SubscriptionsFrame:
+    merged: dict[str, tuple[str, ...]] = {}
+    for ev in events:
+        subs = ev.get("subscriptions") if isinstance(ev, dict) else None
+        if not isinstance(subs, dict):
+            raise ProtocolError("subscriptions event without a subscriptions object")
+        for channel, ids in subs.items():
+            merged[str(channel)] = tuple(str(i) for i in ids) if isinstance(ids, list) else ()
+    return SubscriptionsFrame(*envelope, subscriptions=merged)
+
+
+def parse_frame(text: str | bytes) -> AnyFrame:
+    """Parse one frame exactly as received. Raises `ProtocolError` (with the reason) on malformed input."""
+    obj = _loads(text)
+    channel = obj.get("channel")
+    if channel is None:
+        mtype = obj.get("type")
+        if mtype == "error":
+            return ErrorFrame(message=str(obj.get("message", "")), raw=obj)
+        if isinstance(mtype, str):
+            return UnknownFrame(kind=f"type:{mtype}", sequence_num=None, raw=obj)
+        raise ProtocolError("frame has neither a channel nor a type")
+    if not isinstance(channel, str):
+        raise ProtocolError(f"channel must be a string, got {channel!r}")
+    if channel not in KNOWN_CHANNELS:
+        seq = obj.get("sequence_num")
+        ok_seq = isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0
+        return UnknownFrame(kind=channel, sequence_num=seq if ok_seq else None, raw=obj)
+    client_id = obj.get("client_id")
+    if client_id is not None and not isinstance(client_id, str):
+        raise ProtocolError(f"client_id must be a string, got {client_id!r}")
+    timestamp = obj.get("timestamp")
+    if not isinstance(timestamp, str):
+        raise ProtocolError(f"{channel} frame without a timestamp string")
+    envelope = (channel, client_id, timestamp, parse_rfc3339_ns(timestamp), _seq(obj))
+    events = obj.get("events")
+    if not isinstance(events, list):
+        raise ProtocolError(f"{channel} frame without an events list")
+    if channel == "ticker_batch":
+        return _ticker_batch(envelope, events)
+    if channel == "heartbeats":
+        return _heartbeat(envelope, events)
+    return _subscriptions(envelope, events)
+
+
+def frame_sequence(frame: AnyFrame) -> int | None:
+    """The envelope's sequence number, if the frame had one."""
+    if isinstance(frame, Frame):
+        return frame.sequence_num
+    if isinstance(frame, UnknownFrame):
+        return frame.sequence_num
+    return None
+
+
+def tickers(frame: AnyFrame, *, source: str = "live", connection_id: str = "") -> list[dict[str, Any]]:
+    """The Kafka message dicts (docs/contracts.md) of a frame's tickers; [] for any other frame.
+
+    `time` is the envelope's original timestamp text: the ticker has no clock of its own.
+    """
+    if not isinstance(frame, TickerBatchFrame):
+        return []
+    return [
+        {
+            "product_id": t.product_id,
+            "price": t.price,
+            "volume_24_h": t.volume_24_h,
+            "low_24_h": t.low_24_h,
+            "high_24_h": t.high_24_h,
+            "low_52_w": t.low_52_w,
+            "high_52_w": t.high_52_w,
+            "price_percent_chg_24_h": t.price_percent_chg_24_h,
+            "best_bid": t.best_bid,
+            "best_ask": t.best_ask,
+            "time": frame.timestamp,
+            "sequence_num": frame.sequence_num,
+            "source": source,
+            "connection_id": connection_id,
+        }
+        for t in frame.tickers
+    ]
+
+
+# ---------------------------------------------------------------------------------------- subscribe
+
+
+def subscribe_message(
+    channel: str,
+    product_ids: Sequence[str] | None = None,
+    *,
+    jwt: str | None = None,
+    unsubscribe: bool = False,
+) -> str:
+    """One (un)subscribe message for ONE channel: the server takes a single `channel` per message."""
+    msg: dict[str, Any] = {"type": "unsubscribe" if unsubscribe else "subscribe"}
+    if product_ids:
+        msg["product_ids"] = list(product_ids)
+    msg["channel"] = channel
+    if jwt:
+        msg["jwt"] = jwt
+    return orjson.dumps(msg).decode()
+
+
+def subscribe_messages(product_ids: Sequence[str], *, heartbeats: bool = True) -> list[str]:
+    """`ticker_batch` for the products, then `heartbeats` (no product ids), which keeps quiet pairs open."""
+    if not product_ids:
+        raise ValueError("at least one product id is needed")
+    msgs = [subscribe_message("ticker_batch", product_ids)]
+    if heartbeats:
+        msgs.append(subscribe_message("heartbeats"))
+    return msgs
+
+
+def build_envelope(
+    channel: str,
+    timestamp: str,
+    sequence_num: int,
+    events: Iterable[Mapping[str, Any]],
+    *,
+    client_id: str | None = "",
+) -> str:
+    """A frame text in the server's key order, for the simulator and recordings (None omits client_id)."""
+    obj: dict[str, Any] = {"channel": channel}
+    if client_id is not None:
+        obj["client_id"] = client_id
+    obj["timestamp"] = timestamp
+    obj["sequence_num"] = sequence_num
+    obj["events"] = list(events)
+    return orjson.dumps(obj).decode()
+
+
+# ---------------------------------------------------------------------------------------- sequences
+
+
+@dataclass(frozen=True, slots=True)
+class GapRecord:
+    """Frames were missed on one connection: those with `from_seq < sequence_num < to_seq`.
+
+    `from_time_ns`/`to_time_ns` are the envelope times of the frames either side, i.e. the stretch the
+    resampler must treat as unobserved; `wall_time_ns` is when the client noticed.
+    """
+
+    connection_id: str
+    from_seq: int
+    to_seq: int
+    from_time_ns: int | None
+    to_time_ns: int | None
+    wall_time_ns: int
+
+    @property
+    def missed(self) -> int:
+        return self.to_seq - self.from_seq - 1
+
+
+class SequenceTracker:
+    """Gap and duplicate detection over one connection's sequence numbers; a new connection id resets it."""
+
+    def __init__(self) -> None:
+        self.connection_id: str | None = None
+        self.last_seq: int | None = None
+        self.last_time_ns: int | None = None
+        self.gaps = 0
+        self.missed = 0
+        self.duplicates = 0
+
+    def observe(
+        self, connection_id: str, seq: int, time_ns: int | None, wall_time_ns: int
+    ) -> GapRecord | None:
+        if connection_id != self.connection_id:
+            # Numbering restarts at 0 on every connection; missing frames across a reconnect are the
+            # reconnect's business, not a gap within this connection.
+            self.connection_id = connection_id
+            self.last_seq, self.last_time_ns = seq, time_ns
+            return None
+        last = self.last_seq
+        if last is None:
+            self.last_seq, self.last_time_ns = seq, time_ns
+            return None
+        if seq <= last:
+            self.duplicates += 1  # duplicate or out of order: keep the high-water mark
+            return None
+        gap = None
+        if seq != last + 1:
+            gap = GapRecord(connection_id, last, seq, self.last_time_ns, time_ns, wall_time_ns)
+            self.gaps += 1
+            self.missed += gap.missed
+        self.last_seq, self.last_time_ns = seq, time_ns
+        return gap
