@@ -1,0 +1,414 @@
+"""The forecasting network: standardise, strided Conv1D down-sampling, one Transformer block, a small head.
+
+Why this shape: attention over all 1000 seconds trained at ~24 windows/s on the 2-core machine, a strided
+convolutional front that shrinks the sequence ~20x before attention at ~70/s (docs architecture notes), so
+the convolutions do the local work and attention relates the few dozen summaries to each other.
+
+The model carries its own normalisation: a `Standardize` layer holds the TRAINING feature statistics and a
+`Destandardize` layer the training label statistics, both as non-trainable weights, so a saved `.keras` file
+takes raw features and returns raw log returns with nothing else to ship beside it. Training happens on the
+standardised head (`head_z`, see `standardised_head`): raw returns are ~1e-4, and an MSE on them would give
+gradients too small for the optimiser to make progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from cb_assets.series.schema import HORIZONS_S, WINDOW_S
+from cb_assets.series.windows import ColumnStats, WindowSet
+
+HEAD_LAYER = "head_z"
+OUTPUT_LAYER = "returns"
+FEATURE_STATS_LAYER = "standardize"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Sizes of the network. The defaults were chosen to train at a useful speed on 2 CPU cores.
+
+    With 1000 x 420 inputs the first convolution (kernel 10, stride 5) is most of the work; the second
+    (kernel 4, stride 4) brings 1000 seconds down to 49 tokens, which one attention block handles cheaply.
+    """
+
+    window: int = WINDOW_S
+    n_features: int = 12 * 35
+    n_outputs: int = 12 * len(HORIZONS_S)
+    conv_filters: tuple[int, ...] = (64, 64)
+    conv_kernels: tuple[int, ...] = (10, 4)
+    conv_strides: tuple[int, ...] = (5, 4)
+    d_model: int = 64
+    heads: int = 4
+    ff_dim: int = 128
+    n_blocks: int = 1
+    dropout: float = 0.1
+    head_units: int = 64
+    # A dense path from the anchor row (the newest second) straight to the head: for horizons of 10-200 s
+    # the latest values carry most of the information, and this keeps them from being averaged away.
+    anchor_skip: bool = True
+    # Standardised inputs are clipped: one extreme value (a 52-week-high reset, a volume burst) would
+    # otherwise dominate the activations of a whole window.
+    clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        n = len(self.conv_filters)
+        if not (len(self.conv_kernels) == len(self.conv_strides) == n):
+            raise ValueError("conv_filters, conv_kernels and conv_strides must have the same length")
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        if self.sequence_length() < 1:
+            raise ValueError(f"the convolutions leave no time steps of a {self.window}-second window")
+
+    def sequence_length(self) -> int:
+        """Tokens left after the convolutional front (after the start-crops, see `_crop_for`)."""
+        length = self.window
+        for k, s in zip(self.conv_kernels, self.conv_strides, strict=True):
+            if length < k:
+                return 0
+            length = (length - k) // s + 1
+        return length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
+        return cls(**kw)
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class Standardize(layers.Layer):
+    """(x - mean) / std with stored training statistics; non-finite values become 0 (the training mean).
+
+    The statistics are non-trainable weights, so they travel inside the `.keras` file and never move
+    during training or fine-tuning.
+    """
+
+    def __init__(
+        self,
+        n_columns: int,
+        clip: float | None = None,
+        column_names: list[str] | tuple[str, ...] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.n_columns = int(n_columns)
+        self.clip = None if clip is None else float(clip)
+        self.column_names = _names(column_names, self.n_columns)
+        self.mean = self.add_weight(
+            shape=(self.n_columns,), initializer="zeros", trainable=False, name="mean"
+        )
+        self.std = self.add_weight(shape=(self.n_columns,), initializer="ones", trainable=False, name="std")
+
+    def set_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean.assign(_checked(mean, self.n_columns, "mean"))
+        self.std.assign(_checked(std, self.n_columns, "std", positive=True))
+
+    def call(self, x: Any) -> Any:
+        z = (x - self.mean) / self.std
+        z = ops.where(ops.isfinite(z), z, ops.zeros_like(z))
+        if self.clip is not None:
+            z = ops.clip(z, -self.clip, self.clip)
+        return z
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "n_columns": self.n_columns,
+            "clip": self.clip,
+            "column_names": None if self.column_names is None else list(self.column_names),
+        }
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class Destandardize(layers.Layer):
+    """z * std + mean with the stored training label statistics: standardised head -> raw log returns."""
+
+    def __init__(
+        self, n_columns: int, column_names: list[str] | tuple[str, ...] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.n_columns = int(n_columns)
+        self.column_names = _names(column_names, self.n_columns)
+        self.mean = self.add_weight(
+            shape=(self.n_columns,), initializer="zeros", trainable=False, name="mean"
+        )
+        self.std = self.add_weight(shape=(self.n_columns,), initializer="ones", trainable=False, name="std")
+
+    def set_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.mean.assign(_checked(mean, self.n_columns, "mean"))
+        self.std.assign(_checked(std, self.n_columns, "std", positive=True))
+
+    def call(self, z: Any) -> Any:
+        return z * self.std + self.mean
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "n_columns": self.n_columns,
+            "column_names": None if self.column_names is None else list(self.column_names),
+        }
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class PositionEmbedding(layers.Layer):
+    """A learned vector per token position: attention alone cannot tell recent summaries from old ones."""
+
+    def __init__(self, length: int, dim: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.length = int(length)
+        self.dim = int(dim)
+        self.embedding = self.add_weight(
+            shape=(self.length, self.dim),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+            trainable=True,
+            name="embedding",
+        )
+
+    def call(self, x: Any) -> Any:
+        return x + self.embedding
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "length": self.length, "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class LastStep(layers.Layer):
+    """The newest time step of a sequence (a layer rather than a Lambda, so loading needs no unsafe mode)."""
+
+    def call(self, x: Any) -> Any:
+        return x[:, -1, :]
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class TransformerBlock(layers.Layer):
+    """Pre-norm Transformer encoder block (attention + feed-forward, each with a residual).
+
+    Pre-norm rather than the post-norm of the original paper: it trains stably without a warm-up schedule,
+    which matters for short fine-tunes that start with a fresh optimiser.
+    """
+
+    def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.d_model = int(d_model)
+        self.heads = int(heads)
+        self.ff_dim = int(ff_dim)
+        self.dropout_rate = float(dropout)
+        self.norm1 = layers.LayerNormalization(epsilon=1e-6, name="norm1")
+        self.attention = layers.MultiHeadAttention(
+            num_heads=self.heads, key_dim=self.d_model // self.heads, dropout=self.dropout_rate, name="mha"
+        )
+        self.drop1 = layers.Dropout(self.dropout_rate)
+        self.norm2 = layers.LayerNormalization(epsilon=1e-6, name="norm2")
+        self.ff1 = layers.Dense(self.ff_dim, activation="gelu", name="ff1")
+        self.drop2 = layers.Dropout(self.dropout_rate)
+        self.ff2 = layers.Dense(self.d_model, name="ff2")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        # Built explicitly so a loaded model has every weight in place before its weights are restored.
+        self.norm1.build(input_shape)
+        self.attention.build(input_shape, input_shape)
+        self.norm2.build(input_shape)
+        self.ff1.build(input_shape)
+        self.ff2.build((*input_shape[:-1], self.ff_dim))
+
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        h = self.norm1(x)
+        h = self.attention(h, h, training=training)
+        x = x + self.drop1(h, training=training)
+        h = self.ff2(self.drop2(self.ff1(self.norm2(x)), training=training))
+        return x + h
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "d_model": self.d_model,
+            "heads": self.heads,
+            "ff_dim": self.ff_dim,
+            "dropout": self.dropout_rate,
+        }
+
+
+def _names(names: list[str] | tuple[str, ...] | None, n: int) -> tuple[str, ...] | None:
+    # The column names travel with the statistics so a fine-tune can refuse data whose columns mean
+    # something else (a product added to the config reorders every column after it).
+    if names is None:
+        return None
+    out = tuple(str(x) for x in names)
+    if len(out) != n:
+        raise ValueError(f"{len(out)} column names for {n} columns")
+    return out
+
+
+def _checked(values: np.ndarray, n: int, what: str, positive: bool = False) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float32).reshape(-1)
+    if v.shape[0] != n:
+        raise ValueError(f"{what} has {v.shape[0]} columns, the layer expects {n}")
+    if not np.all(np.isfinite(v)) or (positive and np.any(v <= 0)):
+        raise ValueError(f"{what} must be finite{' and positive' if positive else ''}")
+    return v
+
+
+def _crop_for(length: int, kernel: int, stride: int) -> int:
+    """Oldest steps to drop so that the last valid convolution window ends exactly at the newest step.
+
+    With 'valid' padding a stride that does not divide (length - kernel) silently leaves the newest steps
+    out; for forecasting those are the ones that matter most, so the oldest are dropped instead.
+    """
+    return (length - kernel) % stride
+
+
+def build_model(
+    cfg: NetworkConfig,
+    feature_stats: ColumnStats | None = None,
+    label_stats: ColumnStats | None = None,
+    *,
+    feature_names: tuple[str, ...] | None = None,
+    output_names: tuple[str, ...] | None = None,
+) -> keras.Model:
+    """The forecaster for `cfg`, with the given training statistics stored inside it.
+
+    Input: (batch, window, n_features) raw float32 features (NaN allowed). Output ("returns"): raw log
+    returns (batch, n_outputs) product-major like `WindowSet.labels`. Without statistics the layers are
+    identities (mean 0, std 1), which is only useful for tests. `feature_names` / `output_names` (the
+    WindowSet's) are stored so that later training refuses columns in another order.
+    """
+    inputs = keras.Input(shape=(cfg.window, cfg.n_features), name="features")
+    standardize = Standardize(
+        cfg.n_features, clip=cfg.clip, column_names=feature_names, name=FEATURE_STATS_LAYER
+    )
+    z = standardize(inputs)
+
+    x = z
+    length = cfg.window
+    for i, (f, k, s) in enumerate(zip(cfg.conv_filters, cfg.conv_kernels, cfg.conv_strides, strict=True)):
+        crop = _crop_for(length, k, s)
+        if crop:
+            x = layers.Cropping1D((crop, 0), name=f"crop{i}")(x)
+            length -= crop
+        x = layers.Conv1D(f, k, strides=s, padding="valid", activation="gelu", name=f"conv{i}")(x)
+        length = (length - k) // s + 1
+    x = layers.Dense(cfg.d_model, name="project")(x)
+    x = PositionEmbedding(length, cfg.d_model, name="position")(x)
+    for b in range(cfg.n_blocks):
+        x = TransformerBlock(cfg.d_model, cfg.heads, cfg.ff_dim, cfg.dropout, name=f"block{b}")(x)
+    x = layers.LayerNormalization(epsilon=1e-6, name="final_norm")(x)
+
+    # Mean over tokens summarises the whole window; the last token is the newest (see _crop_for).
+    parts = [layers.GlobalAveragePooling1D(name="mean_pool")(x), LastStep(name="last_token")(x)]
+    if cfg.anchor_skip:
+        anchor = LastStep(name="anchor_row")(z)
+        parts.append(layers.Dense(cfg.d_model, activation="gelu", name="anchor_dense")(anchor))
+    h = layers.Concatenate(name="pooled")(parts)
+    h = layers.Dense(cfg.head_units, activation="gelu", name="head_hidden")(h)
+    h = layers.Dropout(cfg.dropout, name="head_dropout")(h)
+    head = layers.Dense(cfg.n_outputs, name=HEAD_LAYER)(h)
+    outputs = Destandardize(cfg.n_outputs, column_names=output_names, name=OUTPUT_LAYER)(head)
+
+    model = keras.Model(inputs, outputs, name="cb_forecaster")
+    if feature_stats is not None:
+        standardize.set_stats(feature_stats.mean, feature_stats.std)
+    if label_stats is not None:
+        model.get_layer(OUTPUT_LAYER).set_stats(label_stats.mean, label_stats.std)
+    return model
+
+
+def standardised_head(model: keras.Model) -> keras.Model:
+    """A view of `model` that stops at the standardised head: the one to train (shares all weights)."""
+    return keras.Model(model.inputs, model.get_layer(HEAD_LAYER).output, name="cb_forecaster_z")
+
+
+def label_stats_of(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of the labels the model was first trained on, as stored in it."""
+    layer = model.get_layer(OUTPUT_LAYER)
+    return np.asarray(layer.mean.numpy()), np.asarray(layer.std.numpy())
+
+
+def feature_stats_of(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of the features the model was first trained on, as stored in it."""
+    layer = model.get_layer(FEATURE_STATS_LAYER)
+    return np.asarray(layer.mean.numpy()), np.asarray(layer.std.numpy())
+
+
+def column_names_of(model: keras.Model) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """(feature names, output names) stored at build time, None where they were not given."""
+    return model.get_layer(FEATURE_STATS_LAYER).column_names, model.get_layer(OUTPUT_LAYER).column_names
+
+
+def input_shape_of(model: keras.Model) -> tuple[int, int]:
+    """(window, n_features) the model takes."""
+    shape = model.inputs[0].shape
+    return int(shape[1]), int(shape[2])
+
+
+def _predict_fn(model: keras.Model) -> Any:
+    # One traced function per model, kept on the model: calling a Keras model eagerly re-runs Python for
+    # every layer, which costs more than the arithmetic for a single window.
+    fn = getattr(model, "_cb_predict_fn", None)
+    if fn is None:
+        window, n_features = input_shape_of(model)
+        fn = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec((None, window, n_features), tf.float32)],
+        )
+        model._cb_predict_fn = fn
+    return fn
+
+
+def predict_returns(model: keras.Model, windows: np.ndarray | WindowSet, batch_size: int = 64) -> np.ndarray:
+    """Raw log returns (n, n_outputs) for `windows`: an array (n, window, n_features) or every window of
+    a WindowSet (invalid ones included; the caller masks with `valid`). Copies one batch at a time."""
+    fn = _predict_fn(model)
+    if isinstance(windows, WindowSet):
+        n = len(windows)
+        try:
+            source: Any = windows.views()
+        except ValueError:
+            source = None
+        out = np.empty((n, int(model.outputs[0].shape[-1])), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if source is not None:
+                batch = np.ascontiguousarray(source[start:stop])
+            else:
+                batch = np.stack([windows.window_at(i) for i in range(start, stop)])
+            out[start:stop] = fn(tf.constant(batch, dtype=tf.float32)).numpy()
+        return out
+    arr = np.asarray(windows, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    parts = [fn(tf.constant(arr[s : s + batch_size])).numpy() for s in range(0, arr.shape[0], batch_size)]
+    return (
+        np.concatenate(parts, axis=0) if parts else np.empty((0, int(model.outputs[0].shape[-1])), np.float32)
+    )
+
+
+def save_model(model: keras.Model, path: str | Path) -> Path:
+    """Save as `.keras` (the suffix is required by Keras 3)."""
+    p = Path(path)
+    if p.suffix != ".keras":
+        raise ValueError(f"{p} must end with .keras")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    model.save(p)
+    return p
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a `.keras` forecaster; importing this module registered the custom layers it needs."""
+    return keras.models.load_model(Path(path), compile=False)

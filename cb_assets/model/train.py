@@ -1,0 +1,363 @@
+"""Training and fine-tuning over WindowSets, one batch in memory at a time.
+
+A day of windows materialised would be tens of GB, so the input pipeline is index-based: `tf.data` carries
+(set, window) index pairs, and a `tf.numpy_function` copies one batch out of the sets' strided views.
+Only valid windows are ever indexed; a stride keeps every k-th one (neighbouring windows share 999 of
+their 1000 seconds, so skipping some loses little and saves most of the time).
+
+Normalisation statistics: an initial training takes them from its training sets only (merged
+ColumnStats, never evaluation data). A fine-tune keeps the champion's: every weight of the first layers
+was learned against inputs scaled by those numbers, so re-scaling the inputs under them would shift what
+the network sees and undo what it learned, with no gradient step to account for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cb_assets.model.baselines import merged_stats, select_windows, stats_of
+from cb_assets.model.network import (
+    NetworkConfig,
+    build_model,
+    column_names_of,
+    input_shape_of,
+    label_stats_of,
+    load_model,
+    standardised_head,
+)
+from cb_assets.series.windows import WindowSet
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_STRIDE",
+    "TrainResult",
+    "WindowBatcher",
+    "fine_tune",
+    "merged_stats",
+    "new_model",
+    "select_windows",
+    "stats_of",
+    "train_model",
+]
+
+# Every 2nd valid anchor: one hour is then 1800 windows, a fine-tune on it (plus replay) fits the
+# two-minute budget on 2 CPU cores with the default network (bench/model.py measures it).
+DEFAULT_STRIDE = 2
+DEFAULT_BATCH = 16
+
+
+@dataclass
+class TrainResult:
+    """What one training or fine-tuning run did."""
+
+    step_losses: list[float]  # loss on standardised labels, one per optimiser step
+    epoch_losses: list[float]  # mean step loss per epoch
+    windows_seen: int  # windows fed to the optimiser, over all epochs (replay included)
+    steps: int
+    seconds: float
+    learning_rate: float
+    replay_windows: int = 0  # of windows_seen, how many came from replay sets
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class WindowBatcher:
+    """Copies batches of windows out of several WindowSets, given (set, window) index pairs.
+
+    Labels are standardised with the model's label statistics once per set (they are small); feature
+    windows are copied per batch from the strided views, so memory stays at one batch plus prefetch.
+    """
+
+    def __init__(self, sets: Sequence[WindowSet], label_mean: np.ndarray, label_std: np.ndarray) -> None:
+        self.sets = list(sets)
+        self.window = self.sets[0].window
+        self.n_features = int(self.sets[0].features.shape[1])
+        self.sources: list[Any] = []
+        for ws in self.sets:
+            try:
+                self.sources.append(ws.views())
+            except ValueError:
+                self.sources.append(None)  # non-consecutive anchors: copy window by window
+        mean = np.asarray(label_mean, np.float32)
+        std = np.asarray(label_std, np.float32)
+        self.z_labels = [((ws.labels - mean) / std).astype(np.float32) for ws in self.sets]
+
+    def gather(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        n = pairs.shape[0]
+        x = np.empty((n, self.window, self.n_features), dtype=np.float32)
+        y = np.empty((n, self.z_labels[0].shape[1]), dtype=np.float32)
+        for s in np.unique(pairs[:, 0]):
+            rows = np.flatnonzero(pairs[:, 0] == s)
+            idx = pairs[rows, 1]
+            src = self.sources[s]
+            if src is not None:
+                x[rows] = src[idx]  # fancy indexing on the view: copies just these windows
+            else:
+                for r, i in zip(rows, idx, strict=True):
+                    x[r] = self.sets[s].window_at(int(i))
+            y[rows] = self.z_labels[s][idx]
+        return x, y
+
+    def dataset(self, pairs: np.ndarray, batch_size: int) -> tf.data.Dataset:
+        """Batches of (raw features, standardised labels) in the order of `pairs`."""
+        shape_x = (None, self.window, self.n_features)
+        shape_y = (None, self.z_labels[0].shape[1])
+
+        def load(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            x, y = tf.numpy_function(self.gather, [batch], (tf.float32, tf.float32), stateful=False)
+            return tf.ensure_shape(x, shape_x), tf.ensure_shape(y, shape_y)
+
+        ds = tf.data.Dataset.from_tensor_slices(np.asarray(pairs, np.int64).reshape(-1, 2))
+        # One loader thread: a batch copy takes ~10 ms against ~200 ms of training per step, and the
+        # cores are better spent on the model. Prefetching overlaps the two.
+        return ds.batch(batch_size).map(load, num_parallel_calls=1, deterministic=True).prefetch(2)
+
+
+def _check_sets(model: keras.Model, sets: Sequence[WindowSet]) -> None:
+    window, n_features = input_shape_of(model)
+    n_outputs = int(model.outputs[0].shape[-1])
+    feature_names, output_names = column_names_of(model)
+    for ws in sets:
+        if ws.window != window or ws.features.shape[1] != n_features or ws.labels.shape[1] != n_outputs:
+            raise ValueError(
+                f"window set has window {ws.window}, {ws.features.shape[1]} features, {ws.labels.shape[1]} "
+                f"outputs; the model takes {window}, {n_features}, {n_outputs}"
+            )
+        if feature_names is not None and tuple(ws.feature_names) != feature_names:
+            raise ValueError("window set feature columns differ from the ones the model was built for")
+        if output_names is not None and tuple(ws.output_names) != output_names:
+            raise ValueError("window set outputs differ from the ones the model was built for")
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        # Process-wide and cheap on CPU; without it parallel reductions may differ in the last bits
+        # between runs, and a fine-tune could not be reproduced from its seed.
+        tf.config.experimental.enable_op_determinism()
+
+
+def _fit(
+    model: keras.Model,
+    sets: Sequence[WindowSet],
+    epoch_pairs: Callable[[int], tuple[np.ndarray, int]],
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    weight_decay: float,
+    clipnorm: float,
+    loss: str,
+) -> TrainResult:
+    """The loop shared by training and fine-tuning: `epoch_pairs(e)` gives (pairs, n_replay) for epoch e."""
+    label_mean, label_std = label_stats_of(model)
+    batcher = WindowBatcher(sets, label_mean, label_std)
+    plans = [epoch_pairs(e) for e in range(epochs)]
+    total_steps = sum(-(-len(p) // batch_size) for p, _ in plans)
+    if total_steps == 0:
+        raise ValueError("no valid windows to train on")
+
+    # A short linear warm-up (a fresh optimiser's first Adam steps are large) then cosine decay to 10%.
+    warmup = min(50, max(1, total_steps // 10))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate * 0.1,
+        decay_steps=max(1, total_steps - warmup),
+        alpha=0.1,
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay, clipnorm=clipnorm)
+    head = standardised_head(model)
+    optimizer.build(head.trainable_variables)
+    if loss == "mse":
+        loss_fn: Any = keras.losses.MeanSquaredError()
+    elif loss == "huber":
+        loss_fn = keras.losses.Huber(delta=2.0)  # standardised units: only beyond 2 sigma turns linear
+    else:
+        raise ValueError(f"unknown loss {loss!r} (mse or huber)")
+
+    window, n_features = input_shape_of(model)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((None, window, n_features), tf.float32),
+            tf.TensorSpec((None, head.outputs[0].shape[-1]), tf.float32),
+        ]
+    )
+    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            value = loss_fn(y, head(x, training=True))
+        grads = tape.gradient(value, head.trainable_variables)
+        optimizer.apply_gradients(zip(grads, head.trainable_variables, strict=True))
+        return value
+
+    step_losses: list[float] = []
+    epoch_losses: list[float] = []
+    seen = replayed = 0
+    start = time.perf_counter()
+    first_step_seconds = 0.0
+    for e, (pairs, n_replay) in enumerate(plans):
+        first = len(step_losses)
+        for x, y in batcher.dataset(pairs, batch_size):
+            step_losses.append(float(step(x, y)))
+            if len(step_losses) == 1:
+                first_step_seconds = time.perf_counter() - start
+        epoch_losses.append(float(np.mean(step_losses[first:])))
+        seen += len(pairs)
+        replayed += n_replay
+        log.info("epoch %d: %d windows, mean loss %.4f", e, len(pairs), epoch_losses[-1])
+    seconds = time.perf_counter() - start
+    if not np.all(np.isfinite(step_losses)):
+        log.warning("training produced non-finite losses")
+    return TrainResult(
+        step_losses=step_losses,
+        epoch_losses=epoch_losses,
+        windows_seen=seen,
+        steps=len(step_losses),
+        seconds=seconds,
+        learning_rate=learning_rate,
+        replay_windows=replayed,
+        # The first step includes tracing the graph: kept apart so throughput figures can leave it out.
+        extra={"first_step_seconds": first_step_seconds},
+    )
+
+
+def _pairs(set_id: int, idx: np.ndarray) -> np.ndarray:
+    return np.stack([np.full(idx.shape, set_id, np.int64), idx.astype(np.int64)], axis=1)
+
+
+def train_model(
+    model: keras.Model,
+    train_sets: Sequence[WindowSet],
+    *,
+    epochs: int = 1,
+    learning_rate: float = 1e-3,
+    batch_size: int = DEFAULT_BATCH,
+    stride: int = DEFAULT_STRIDE,
+    seed: int = 0,
+    weight_decay: float = 1e-4,
+    clipnorm: float = 1.0,
+    loss: str = "mse",
+    deterministic: bool = True,
+) -> TrainResult:
+    """Train `model` in place on every `stride`-th valid window of `train_sets`, shuffled per epoch.
+
+    The model must already hold its normalisation statistics (see `new_model`); the loss is on
+    standardised labels. Each epoch draws a new stride offset and order from `seed`.
+    """
+    _check_sets(model, train_sets)
+    _seed_everything(seed, deterministic)
+    rng = np.random.default_rng(seed)
+
+    def plan(_: int) -> tuple[np.ndarray, int]:
+        offset = int(rng.integers(stride))
+        pairs = np.concatenate(
+            [_pairs(s, select_windows(ws, stride, offset)) for s, ws in enumerate(train_sets)], axis=0
+        )
+        return pairs[rng.permutation(len(pairs))], 0
+
+    return _fit(
+        model,
+        train_sets,
+        plan,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        loss=loss,
+    )
+
+
+def new_model(cfg: NetworkConfig, train_sets: Sequence[WindowSet], *, seed: int = 0) -> keras.Model:
+    """A fresh model whose statistics come from `train_sets` only (merged ColumnStats)."""
+    fs, ls = merged_stats(train_sets)
+    keras.utils.set_random_seed(seed)  # the initial weights (and dropout seeds) follow the seed
+    first = train_sets[0]
+    return build_model(
+        cfg, fs, ls, feature_names=tuple(first.feature_names), output_names=tuple(first.output_names)
+    )
+
+
+def _warm_start(champion: str | Path | keras.Model) -> keras.Model:
+    if isinstance(champion, keras.Model):
+        # A copy: the champion stays untouched in memory (it is still serving, and may win the comparison).
+        clone = keras.models.clone_model(champion)
+        clone.set_weights(champion.get_weights())
+        return clone
+    return load_model(champion)
+
+
+def fine_tune(
+    champion: str | Path | keras.Model,
+    new_sets: Sequence[WindowSet],
+    replay_sets: Sequence[WindowSet] = (),
+    *,
+    learning_rate: float = 1e-4,
+    replay_fraction: float = 0.25,
+    epochs: int = 1,
+    batch_size: int = DEFAULT_BATCH,
+    stride: int = DEFAULT_STRIDE,
+    seed: int = 0,
+    weight_decay: float = 1e-4,
+    clipnorm: float = 1.0,
+    loss: str = "mse",
+    deterministic: bool = True,
+) -> tuple[keras.Model, TrainResult]:
+    """Warm-start a copy of the champion and train it on new windows mixed with a replay sample.
+
+    Keeps the champion's feature and label statistics (see the module docstring). The learning rate is
+    ~10x below an initial training's so the new hour adjusts the weights rather than overwriting them,
+    and `replay_fraction` of the windows seen per epoch are drawn (without replacement, fresh each
+    epoch) from `replay_sets`, older data that limits forgetting. Returns (new model, result).
+    """
+    if not 0.0 <= replay_fraction < 1.0:
+        raise ValueError(f"replay_fraction must be in [0, 1), got {replay_fraction}")
+    _seed_everything(seed, deterministic)
+    model = _warm_start(champion)
+    sets = [*new_sets, *replay_sets]
+    _check_sets(model, sets)
+    rng = np.random.default_rng(seed)
+    n_new = len(new_sets)
+    replay_pool = (
+        np.concatenate([_pairs(n_new + s, np.flatnonzero(ws.valid)) for s, ws in enumerate(replay_sets)])
+        if replay_sets
+        else np.empty((0, 2), np.int64)
+    )
+
+    def plan(_: int) -> tuple[np.ndarray, int]:
+        offset = int(rng.integers(stride))
+        fresh = np.concatenate(
+            [_pairs(s, select_windows(ws, stride, offset)) for s, ws in enumerate(new_sets)], axis=0
+        )
+        want = round(len(fresh) * replay_fraction / (1.0 - replay_fraction))
+        n_replay = min(want, len(replay_pool))
+        if n_replay < want:
+            log.info("replay pool has %d windows, %d wanted", len(replay_pool), want)
+        replay = replay_pool[rng.choice(len(replay_pool), size=n_replay, replace=False)]
+        pairs = np.concatenate([fresh, replay], axis=0)
+        return pairs[rng.permutation(len(pairs))], n_replay
+
+    result = _fit(
+        model,
+        sets,
+        plan,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        loss=loss,
+    )
+    return model, result
