@@ -14,7 +14,7 @@ Conventions (identical to pykalman with 1-d state, transition/observation matric
   output uses all rows.
 - On a grid with missing rows the filter simply carries the last mean forward while its variance grows by
   q per row, and the smoother interpolates linearly between observed rows: the plain recursion below
-  produces exactly that, so no special casing of gaps is needed.
+  produces that (up to rounding), so gaps need no special casing.
 
 The recursions are compiled with numba (`kalman_kernels.py`); this module validates inputs and shapes.
 """
