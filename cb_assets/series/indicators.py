@@ -26,6 +26,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pandas as pd
+from pandas.api.typing import Rolling
 
 from cb_assets.series.schema import SECOND_NS, SERIES_COLUMNS
 
@@ -134,7 +135,7 @@ def _lag_diff(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _rolling(x: np.ndarray, window: int) -> pd.core.window.Rolling:
+def _rolling(x: np.ndarray, window: int) -> Rolling:
     # min_periods = window: a partial window is not the feature it claims to be, so it stays NaN.
     return pd.Series(x, copy=False).rolling(window, min_periods=window)
 

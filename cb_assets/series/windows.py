@@ -333,10 +333,11 @@ def iter_batches(
     names, window = sets[0].feature_names, sets[0].window
     if any(s.feature_names != names or s.window != window for s in sets):
         raise ValueError("window sets disagree on feature columns or window length")
-    pairs = [
-        (k, i) for k, s in enumerate(sets) for i in np.flatnonzero(s.valid if only_valid else np.ones(len(s)))
-    ]
-    index = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    # (set, window) pairs of every window to serve, built without a Python loop over windows.
+    chosen = [np.flatnonzero(s.valid) if only_valid else np.arange(len(s)) for s in sets]
+    index = np.column_stack(
+        [np.repeat(np.arange(len(sets)), [c.size for c in chosen]), np.concatenate(chosen)]
+    ).astype(np.int64)
     if shuffle:
         index = index[np.random.default_rng(seed).permutation(len(index))]
     views = [s.views() if len(s) else None for s in sets]
