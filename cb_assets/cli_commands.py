@@ -9,5 +9,6 @@ import argparse
 from collections.abc import Callable
 
 from cb_assets.stack.cli import register as _register_up
+from cb_assets.stream.cli import register as _register_sink
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_register_up]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_register_up, _register_sink]

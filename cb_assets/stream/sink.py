@@ -1,0 +1,270 @@
+"""`cb-assets sink`: Kafka -> PostgreSQL without losing or duplicating a tick.
+
+The order of operations is the whole design:
+1. consume a batch (librdkafka's batch `consume()`, several times faster than `poll()` on small messages);
+2. validate every message; bad ones become `raw_ticks_rejected` rows with the reason and original bytes;
+3. in ONE PostgreSQL transaction: binary COPY into staging, upsert into raw_ticks, insert the rejections;
+4. only after that commit, commit the Kafka offsets (synchronously).
+A crash between 3 and 4 redelivers the batch, and the upsert on (product_id, time) makes that harmless; a crash
+before 3 loses nothing because offsets were not committed. PostgreSQL going away is retried with backoff
+(the batch is held, nothing is consumed meanwhile); SIGTERM finishes the current batch, commits and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from cb_assets.db.connection import connect
+from cb_assets.stream.pg_writer import NaiveTickWriter, RejectedMessage, TickWriter, WriteResult
+from cb_assets.stream.ticks import Rejection, TickRow, parse_tick
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the server or the connection is gone": retry the same batch later.
+_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+@dataclass
+class SinkConfig:
+    bootstrap: str
+    topic: str
+    database_url: str
+    products: Collection[str]
+    group_id: str = "cb-assets-sink"
+    batch_size: int = 10_000
+    batch_timeout_s: float = 0.5
+    stats_interval_s: float = 30.0
+    retry_max_s: float = 10.0
+    # After SIGTERM, how long to keep retrying a batch PostgreSQL refuses before giving up on it (it is then
+    # redelivered on the next start, since its offsets were not committed).
+    stop_retry_s: float = 10.0
+    naive: bool = False  # the benchmark's baseline writer
+    consumer_overrides: dict[str, object] = field(default_factory=dict)
+
+    def consumer_config(self) -> dict[str, object]:
+        conf: dict[str, object] = {
+            "bootstrap.servers": self.bootstrap,
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # Quick group joins (the bundled broker is slow to rebalance with the defaults) ...
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            # ... but a long PostgreSQL outage must not get us evicted while we hold a batch.
+            "max.poll.interval.ms": 900_000,
+            # Larger fetches keep consume(10000) fed.
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+        }
+        conf.update(self.consumer_overrides)
+        return conf
+
+
+@dataclass
+class SinkStats:
+    consumed: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    batches: int = 0
+    db_retries: int = 0
+    commit_failures: int = 0
+    kafka_errors: int = 0
+
+    def line(self) -> str:
+        return (
+            f"consumed {self.consumed}, inserted {self.inserted}, duplicates {self.duplicates}, "
+            f"rejected {self.rejected}, batches {self.batches}, db retries {self.db_retries}, "
+            f"commit failures {self.commit_failures}, kafka errors {self.kafka_errors}"
+        )
+
+
+@dataclass(frozen=True)
+class CommittedBatch:
+    """Handed to `on_commit` after offsets are committed (benchmarks measure latency with it)."""
+
+    result: WriteResult
+    committed_at: float  # time.time()
+    message_timestamps_ms: list[int]
+
+
+def _clean(text: str) -> str:
+    return text.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+
+
+class Sink:
+    def __init__(self, cfg: SinkConfig, on_commit: Callable[[CommittedBatch], None] | None = None) -> None:
+        self.cfg = cfg
+        self.on_commit = on_commit
+        self.stats = SinkStats()
+        self._products = frozenset(cfg.products)
+        self._conn: psycopg.Connection | None = None
+        self._writer: TickWriter | NaiveTickWriter | None = None
+
+    # -- PostgreSQL ------------------------------------------------------------------------------------------
+    def _ensure_writer(self) -> TickWriter | NaiveTickWriter:
+        if self._writer is None or self._conn is None or self._conn.closed:
+            self._conn = connect(self.cfg.database_url, application_name="cb-assets sink")
+            self._writer = NaiveTickWriter(self._conn) if self.cfg.naive else TickWriter(self._conn)
+        return self._writer
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # already broken; nothing more to do
+                log.debug("closing a broken connection failed", exc_info=True)
+        self._conn, self._writer = None, None
+
+    def _write(
+        self, rows: list[TickRow], rejected: list[RejectedMessage], stop: threading.Event
+    ) -> WriteResult | None:
+        """Write with retries; None if we are stopping and PostgreSQL still refuses."""
+        delay = 0.25
+        stop_deadline: float | None = None
+        while True:
+            try:
+                return self._write_isolating(rows, rejected)
+            except _TRANSIENT as exc:
+                self.stats.db_retries += 1
+                self._drop_connection()
+                if stop.is_set():
+                    stop_deadline = stop_deadline or time.monotonic() + self.cfg.stop_retry_s
+                    if time.monotonic() > stop_deadline:
+                        log.error(
+                            "stopping with an unwritten batch (offsets not committed; it will be redelivered)"
+                        )
+                        return None
+                log.warning(
+                    "PostgreSQL unavailable (%s); retrying the batch in %.1f s", str(exc).strip(), delay
+                )
+                time.sleep(delay)
+                delay = min(self.cfg.retry_max_s, delay * 2)
+
+    def _write_isolating(self, rows: list[TickRow], rejected: list[RejectedMessage]) -> WriteResult:
+        """Write the batch; if PostgreSQL refuses a row's content, write row by row and reject the culprits."""
+        writer = self._ensure_writer()
+        try:
+            return writer.write(rows, rejected)
+        except _TRANSIENT:
+            raise
+        except psycopg.Error as exc:
+            log.warning("batch refused by PostgreSQL (%s); isolating the offending rows", exc)
+        total = WriteResult(0, 0, 0)
+        for row in rows:
+            try:
+                r = writer.write([row])
+            except _TRANSIENT:
+                raise
+            except psycopg.Error as exc:
+                reason = f"database refused the row: {str(exc).strip()}"
+                rejected = [
+                    *rejected,
+                    RejectedMessage(
+                        Rejection(reason, row[0], row[1]),
+                        repr(row).encode(),
+                        row[11],
+                        self.cfg.topic,
+                        row[12],
+                        row[13],
+                    ),
+                ]
+                continue
+            total = WriteResult(total.staged + r.staged, total.inserted + r.inserted, 0)
+        r = writer.write([], rejected)
+        return WriteResult(total.staged, total.inserted, r.rejected)
+
+    # -- Kafka -----------------------------------------------------------------------------------------------
+    def _split(
+        self, msgs: list[Message]
+    ) -> tuple[list[TickRow], list[RejectedMessage], dict[tuple[str, int], int], list[int]]:
+        rows: list[TickRow] = []
+        rejected: list[RejectedMessage] = []
+        offsets: dict[tuple[str, int], int] = {}
+        stamps: list[int] = []
+        now = datetime.now(UTC)
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self.stats.kafka_errors += 1
+                    log.warning("kafka error: %s", err)
+                continue
+            part, off = m.partition(), m.offset()
+            offsets[(m.topic(), part)] = off
+            stamps.append(m.timestamp()[1])
+            res = parse_tick(m.value(), products=self._products, partition=part, offset=off, now=now)
+            if isinstance(res, Rejection):
+                rejected.append(
+                    RejectedMessage(
+                        Rejection(_clean(res.reason), res.product_id, res.tick_time),
+                        m.value() or b"",
+                        f"kafka:{m.topic()}",
+                        m.topic(),
+                        part,
+                        off,
+                    )
+                )
+            else:
+                if "\x00" in res[11]:
+                    res = (*res[:11], _clean(res[11]), *res[12:])  # type: ignore[assignment]
+                rows.append(res)
+        self.stats.consumed += len(rows) + len(rejected)
+        return rows, rejected, offsets, stamps
+
+    def run(self, stop: threading.Event, max_messages: int | None = None) -> SinkStats:
+        consumer = Consumer(self.cfg.consumer_config())
+        consumer.subscribe(
+            [self.cfg.topic],
+            on_assign=lambda c, ps: log.info("assigned %s", [p.partition for p in ps]),
+            on_revoke=lambda c, ps: log.info("revoked %s", [p.partition for p in ps]),
+        )
+        next_stats = time.monotonic() + self.cfg.stats_interval_s
+        try:
+            while not stop.is_set():
+                if max_messages is not None and self.stats.consumed >= max_messages:
+                    break
+                msgs = consumer.consume(self.cfg.batch_size, self.cfg.batch_timeout_s)
+                if msgs:
+                    self._handle(consumer, msgs, stop)
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + self.cfg.stats_interval_s
+                    log.info("sink: %s", self.stats.line())
+        finally:
+            consumer.close()  # leaves the group promptly so a restart gets the partitions back at once
+            self._drop_connection()
+            log.info("sink stopped: %s", self.stats.line())
+        return self.stats
+
+    def _handle(self, consumer: Consumer, msgs: list[Message], stop: threading.Event) -> None:
+        rows, rejected, offsets, stamps = self._split(msgs)
+        if not offsets:
+            return
+        result = self._write(rows, rejected, stop)
+        if result is None:
+            return
+        self.stats.batches += 1
+        self.stats.inserted += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.rejected += result.rejected
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()], asynchronous=False
+            )
+        except (
+            Exception
+        ) as exc:  # e.g. a rebalance took the partition: the batch is redelivered and deduplicated
+            self.stats.commit_failures += 1
+            log.warning("offset commit failed (%s); the batch will be redelivered and deduplicated", exc)
+            return
+        if self.on_commit is not None:
+            self.on_commit(CommittedBatch(result, time.time(), stamps))
