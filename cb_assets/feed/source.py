@@ -75,17 +75,22 @@ class FrameSource:
         raise NotImplementedError
 
     def _account(self, text: str, connection_id: str) -> AnyFrame | None:
-        """Count and sequence-check one frame; never raises for bad input (it is counted instead)."""
-        c = self.counters
-        c.frames += 1
-        self.connection_id = connection_id
+        """Parse, count and sequence-check one frame; never raises for bad input (it is counted instead)."""
         try:
             frame = parse_frame(text)
         except ProtocolError as e:
-            c.protocol_errors += 1
+            self.counters.frames += 1
+            self.counters.protocol_errors += 1
+            self.connection_id = connection_id
             log.warning("unparseable frame on %s (%s): %.200s", connection_id, e, text)
             self.last_parsed = (text, None)
             return None
+        return self._account_parsed(text, frame, connection_id)
+
+    def _account_parsed(self, text: str, frame: AnyFrame, connection_id: str) -> AnyFrame:
+        c = self.counters
+        c.frames += 1
+        self.connection_id = connection_id
         self.last_parsed = (text, frame)
         if isinstance(frame, TickerBatchFrame):
             c.ticker_frames += 1
