@@ -331,7 +331,7 @@ def build_model(
 
 def standardised_head(model: keras.Model) -> keras.Model:
     """A view of `model` that stops at the standardised head: the one to train (shares all weights)."""
-    return keras.Model(model.inputs, model.get_layer(HEAD_LAYER).output, name="cb_forecaster_z")
+    return keras.Model(model.inputs[0], model.get_layer(HEAD_LAYER).output, name="cb_forecaster_z")
 
 
 def label_stats_of(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
