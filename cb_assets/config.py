@@ -65,6 +65,7 @@ class Settings:
     coinbase_ws_url: str
     dagster_database_url: str
     artifacts_dir: Path
+    windows_dir: Path
 
     @property
     def run_dir(self) -> Path:
@@ -82,10 +83,6 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
-
-    @property
-    def windows_dir(self) -> Path:
-        return self.home / "training_windows"
 
     def describe(self) -> dict[str, str]:
         """What a status line or the UI may show: no passwords."""
@@ -204,6 +201,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"CB_COINBASE_WS_URL={ws_url!r} must start with ws:// or wss://")
 
     artifacts = env.get("CB_ARTIFACTS_DIR", "").strip()
+    windows = env.get("CB_WINDOWS_DIR", "").strip()
     return Settings(
         database_url=database_url,
         database_embedded=not raw_db,
@@ -223,6 +221,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         coinbase_ws_url=ws_url,
         dagster_database_url=dagster_database_url,
         artifacts_dir=Path(artifacts).expanduser().resolve() if artifacts else home / "artifacts",
+        windows_dir=Path(windows).expanduser().resolve() if windows else home / "training_windows",
     )
 
 
@@ -242,6 +241,7 @@ def export_env(settings: Settings, env: dict[str, str] | None = None) -> dict[st
         "CB_PARTITIONS_START": settings.partitions_start,
         "CB_HOME": str(settings.home),
         "CB_ARTIFACTS_DIR": str(settings.artifacts_dir),
+        "CB_WINDOWS_DIR": str(settings.windows_dir),
         "CB_HOUR_GRACE_S": str(settings.hour_grace_s),
     }
     for key, value in values.items():

@@ -1,7 +1,8 @@
 """The one place that assembles the Dagster code location (`workspace.yaml` loads this module).
 
 Settings are validated here, once, at load time; the computed local defaults are exported as CB_* variables so
-that the resources' `dg.EnvVar`s resolve in every process Dagster starts.
+that the resources' `dg.EnvVar`s resolve in every process Dagster starts. Nothing heavy (TensorFlow) is imported
+at module level anywhere below: sensors are evaluated in this process and time out after 60 s.
 """
 
 from __future__ import annotations
@@ -9,11 +10,24 @@ from __future__ import annotations
 import dagster as dg
 
 from cb_assets.config import export_env, load_settings
-from cb_assets.defs.resources import default_resources
 
-settings = load_settings()
-export_env(settings)
+export_env(load_settings())
+
+from cb_assets.defs.filled_series import filled_series  # noqa: E402  (needs the exported environment)
+from cb_assets.defs.indicators import indicators  # noqa: E402
+from cb_assets.defs.io_managers import WindowsIOManager  # noqa: E402
+from cb_assets.defs.jobs import hourly_assets_job  # noqa: E402
+from cb_assets.defs.raw_ticks import raw_ticks  # noqa: E402
+from cb_assets.defs.resources import default_resources  # noqa: E402
+from cb_assets.defs.schedules import hourly_assets_schedule  # noqa: E402
+from cb_assets.defs.training_windows import training_windows  # noqa: E402
 
 defs = dg.Definitions(
-    resources=default_resources(),
+    assets=[raw_ticks, filled_series, indicators, training_windows],
+    jobs=[hourly_assets_job],
+    schedules=[hourly_assets_schedule],
+    resources={
+        **default_resources(),
+        "windows_io_manager": WindowsIOManager(base_dir=dg.EnvVar("CB_WINDOWS_DIR")),
+    },
 )

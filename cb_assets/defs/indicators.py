@@ -1,0 +1,140 @@
+"""`indicators`: per product and second, causal features from the filtered series (see
+`cb_assets.series.indicators` for every definition). The previous hour of `filled_series` is the warm-up, so
+no hour starts with NaN or back-filled values."""
+
+from datetime import datetime
+
+import dagster as dg
+import pandas as pd
+import psycopg
+
+from cb_assets.db.series_store import read_frame, replace_slice
+from cb_assets.defs.filled_series import FILLED_SERIES
+from cb_assets.defs.partitions import (
+    HOUR,
+    hourly_partitions,
+    hours_in,
+    partition_key,
+    previous_and_current_hour,
+)
+from cb_assets.defs.plots import as_markdown, indicator_snapshot
+from cb_assets.defs.resources import MarketResource, PostgresResource
+from cb_assets.defs.schemas import IndicatorsModel, column_schema, describe_failures, validate
+from cb_assets.series.indicators import FEATURE_NAMES, compute_indicators
+from cb_assets.series.resample import grid_index
+from cb_assets.series.schema import HOUR_S, SERIES_COLUMNS
+
+INDICATORS = dg.AssetKey("indicators")
+INDICATOR_TYPES = {
+    "product_id": "text",
+    "time": "timestamptz",
+    "warm": "bool",
+    **dict.fromkeys(FEATURE_NAMES, "float8"),
+}
+_FILLED_READ = ("product_id", "time", "causal", "price", *(f"{c}_filtered" for c in SERIES_COLUMNS))
+
+
+def require_upstream_hour(conn: psycopg.Connection, table: str, hour: datetime, asset: str) -> None:
+    """Fail when the look-back hour has raw data but `table` has no rows for it yet.
+
+    Computing anyway would silently give a colder (different) result than computing in order; failing keeps
+    every hour a function of its inputs alone. Backfills order upstream hours first by themselves.
+    """
+    raw, derived = conn.execute(
+        f"""SELECT EXISTS (SELECT 1 FROM raw_ticks WHERE time >= %(s)s AND time < %(e)s),
+                   EXISTS (SELECT 1 FROM {table} WHERE time >= %(s)s AND time < %(e)s)""",
+        {"s": hour, "e": hour + HOUR},
+    ).fetchone()
+    if raw and not derived:
+        raise dg.Failure(
+            description=f"{asset} needs {table} for the previous hour {partition_key(hour)}, which has raw ticks but "
+            f"has not been materialised yet: materialise {table} {partition_key(hour)} first."
+        )
+
+
+def indicators_for_hour(filled: pd.DataFrame, hour: datetime, products: tuple[str, ...]) -> pd.DataFrame:
+    """Indicator rows of `hour` for every product, from filled rows of [hour - 1h, hour + 1h)."""
+    index = grid_index(pd.Timestamp(hour - HOUR).value, 2 * HOUR_S)
+    parts = []
+    for product in products:
+        f = filled[filled["product_id"] == product].set_index("time").reindex(index)
+        filtered = f[[f"{c}_filtered" for c in SERIES_COLUMNS]].set_axis(list(SERIES_COLUMNS), axis=1)
+        ind = compute_indicators(filtered.astype(float), f["price"].astype(float)).iloc[HOUR_S:]
+        # A cold-start hour's filter used parameters fitted on itself: keep it out of training data.
+        causal = f["causal"].iloc[HOUR_S:].fillna(False).astype(bool).to_numpy()
+        ind["warm"] = ind["warm"].to_numpy() & causal
+        ind = ind.reset_index(names="time")
+        ind.insert(0, "product_id", product)
+        parts.append(ind)
+    out = pd.concat(parts, ignore_index=True)
+    out["time"] = out["time"].astype(pd.DatetimeTZDtype(unit="ns", tz="UTC"))
+    return out[["product_id", "time", "warm", *FEATURE_NAMES]]
+
+
+@dg.asset(
+    partitions_def=hourly_partitions,
+    deps=[dg.AssetDep(FILLED_SERIES, partition_mapping=previous_and_current_hour)],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "warm_rows_complete",
+            asset=INDICATORS,
+            blocking=True,
+            description="every warm row has all features finite (no NaN, nothing back-filled)",
+        )
+    ],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="postgres",
+    group_name="series",
+    kinds={"postgres", "pandas"},
+    metadata={"dagster/column_schema": column_schema(IndicatorsModel), "dagster/table_name": "indicators"},
+)
+def indicators(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, market: MarketResource
+) -> dg.MaterializeResult:
+    """Per product and second, 43 causal scale-free features of the filtered series (returns, SMA/EMA ratios,
+    RSI, MACD, Bollinger, volatility, ranges, 24 h/52 w fields, time of day, staleness, tick rate)."""
+    window = context.partition_time_window
+    hours = hours_in(window)
+    products = market.product_list
+    with postgres.connection() as conn:
+        require_upstream_hour(conn, "filled_series", hours[0] - HOUR, "indicators")
+        filled = read_frame(conn, "filled_series", _FILLED_READ, hours[0] - HOUR, window.end)
+        frames = {}
+        for hour in hours:
+            rows = filled[(filled["time"] >= hour - HOUR) & (filled["time"] < hour + HOUR)]
+            frame = indicators_for_hour(rows, hour, products)
+            errors = validate(IndicatorsModel, frame)
+            if errors is not None:
+                raise dg.Failure(
+                    description=f"indicators {partition_key(hour)} fail their schema: {describe_failures(errors, frame)}"
+                )
+            frames[hour] = frame
+        for hour, frame in frames.items():
+            replace_slice(conn, "indicators", hour, hour + HOUR, frame, INDICATOR_TYPES)
+
+    all_rows = pd.concat(frames.values(), ignore_index=True)
+    warm_nan = int(all_rows.loc[all_rows["warm"], list(FEATURE_NAMES)].isna().any(axis=1).sum())
+    last = frames[hours[-1]]
+    show_product = next((p for p in products if last.loc[last["product_id"] == p, "warm"].any()), products[0])
+    snap = last[last["product_id"] == show_product].set_index("time")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(all_rows),
+            "warm_fraction": float(all_rows["warm"].mean()),
+            "warm_fraction_by_product": dg.MetadataValue.json(
+                {p: round(float(v), 4) for p, v in all_rows.groupby("product_id")["warm"].mean().items()}
+            ),
+            "features": len(FEATURE_NAMES),
+            "indicator_plot": as_markdown(
+                indicator_snapshot(snap, show_product, ["ret_60s", "rsi_300s", "macd_hist", "vol_300s"]),
+                "indicator snapshot",
+            ),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="warm_rows_complete",
+                passed=warm_nan == 0,
+                metadata={"warm_rows_with_nan": warm_nan},
+            )
+        ],
+    )

@@ -1,0 +1,72 @@
+"""Small PNG plots for materialisation metadata, embedded as markdown images.
+
+They are stored in Dagster's event log with every materialisation, so they are kept to a few kilobytes:
+small figures, low dpi, few points (long series are thinned before plotting).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import dagster as dg
+import matplotlib
+import numpy as np
+import pandas as pd
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+_MAX_POINTS = 600
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=72)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def as_markdown(png: bytes, alt: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _thin(frame: pd.DataFrame) -> pd.DataFrame:
+    step = max(1, len(frame) // _MAX_POINTS)
+    return frame.iloc[::step]
+
+
+def observed_vs_filled(frame: pd.DataFrame, product_id: str) -> bytes:
+    """Observed ticks against the causal filter and the smoother for one product's hour."""
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    obs = frame[frame["observed"]]
+    thin = _thin(frame)
+    ax.plot(thin.index, thin["price_filtered"], lw=1.0, label="filtered (causal)")
+    ax.plot(thin.index, thin["price_smoothed"], lw=1.0, ls="--", label="smoothed")
+    ax.scatter(obs.index, obs["price"], s=4, c="k", label="observed", zorder=3)
+    ax.set_title(f"{product_id} price", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def indicator_snapshot(frame: pd.DataFrame, product_id: str, columns: list[str]) -> bytes:
+    """A few indicators of one product over the hour, one small panel each."""
+    fig, axes = plt.subplots(len(columns), 1, figsize=(6, 0.9 * len(columns) + 0.6), sharex=True)
+    thin = _thin(frame)
+    for ax, col in zip(np.atleast_1d(axes), columns, strict=True):
+        ax.plot(thin.index, thin[col], lw=0.9)
+        ax.set_ylabel(col, fontsize=7)
+        ax.tick_params(labelsize=6)
+    np.atleast_1d(axes)[0].set_title(f"{product_id} indicators", fontsize=9)
+    return _png(fig)
+
+
+def bars(labels: list[str], values: list[float], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 2.2))
+    ax.bar(range(len(values)), values)
+    ax.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=6)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=9)
+    return _png(fig)

@@ -1,0 +1,43 @@
+"""The hourly schedule: a wall-clock backstop for the data-driven `raw_ticks_sensor`.
+
+At minute 5 (past the default grace for late ticks) it requests the hour that just ended, unless that hour's
+training windows already exist or a run for it is queued or running (the sensor usually got there first).
+"""
+
+from datetime import timedelta
+
+import dagster as dg
+
+from cb_assets.defs.jobs import hourly_assets_job
+from cb_assets.defs.partitions import partition_key
+from cb_assets.defs.training_windows import TRAINING_WINDOWS
+
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dg.schedule(
+    job=hourly_assets_job,
+    cron_schedule="5 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Materialise the newest complete hour (raw_ticks -> training_windows) if the sensor has not.",
+)
+def hourly_assets_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    scheduled = context.scheduled_execution_time
+    hour = scheduled.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    key = partition_key(hour)
+    instance = context.instance
+    done = instance.get_materialized_partitions(TRAINING_WINDOWS)
+    if key in done:
+        return dg.SkipReason(f"{key} is already materialised")
+    active = instance.get_run_records(
+        dg.RunsFilter(statuses=_ACTIVE, tags={"dagster/partition": key}), limit=1
+    )
+    if active:
+        return dg.SkipReason(f"a run for {key} is already {active[0].dagster_run.status.value.lower()}")
+    return dg.RunRequest(run_key=f"hour:{key}", partition_key=key)

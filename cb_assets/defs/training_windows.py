@@ -1,0 +1,169 @@
+"""`training_windows`: all products aligned on one clock, as one float32 matrix per hour plus labels.
+
+Partition rule (tested): a window belongs to the hour that contains its LAST label time t + 200 s, so hour H
+holds the windows anchored at t in [H - 200 s, H + 3400 s): every label of H's windows is known once H is
+complete, and no window is in two hours. The matrix covers [H - 1199 s, H + 3400 s) (each window is the 1000 s
+of features ending at t) and the windows are strided views into it. Normalisation statistics are stored per
+hour as sums, so a trainer merges exactly the hours it trains on.
+"""
+
+from collections.abc import Iterator
+from datetime import datetime
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from cb_assets.db.series_store import read_frame
+from cb_assets.defs.filled_series import FILLED_SERIES
+from cb_assets.defs.indicators import INDICATORS, require_upstream_hour
+from cb_assets.defs.partitions import (
+    HOUR,
+    hourly_partitions,
+    hours_in,
+    partition_key,
+    previous_and_current_hour,
+)
+from cb_assets.defs.plots import as_markdown, bars
+from cb_assets.defs.resources import MarketResource, PostgresResource
+from cb_assets.defs.schemas import TrainingWindowsModel, column_schema, describe_failures, validate
+from cb_assets.series.indicators import FEATURE_NAMES
+from cb_assets.series.windows import WindowSet, build_window_set
+
+TRAINING_WINDOWS = dg.AssetKey("training_windows")
+
+
+def window_index_frame(ws: WindowSet) -> pd.DataFrame:
+    labels = np.asarray(ws.labels, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        abs_max = np.where(
+            np.isfinite(labels).any(axis=1), np.nanmax(np.abs(labels), axis=1, initial=0.0), np.nan
+        )
+    return pd.DataFrame(
+        {
+            "anchor_time": pd.to_datetime(ws.anchor_times_ns, utc=True).astype(
+                pd.DatetimeTZDtype(unit="ns", tz="UTC")
+            ),
+            "valid": ws.valid.astype(bool),
+            "label_abs_max": abs_max,
+        }
+    )
+
+
+def windows_for_hour(
+    indicators: pd.DataFrame, observed: pd.DataFrame, hour: datetime, products: tuple[str, ...]
+) -> WindowSet:
+    """WindowSet of `hour` from indicator and observed-price rows covering [hour - 1h, hour + 1h)."""
+    feats = {
+        p: g.set_index("time").drop(columns="product_id")
+        for p, g in indicators.groupby("product_id", sort=False)
+    }
+    prices = {p: g.set_index("time")["price"] for p, g in observed.groupby("product_id", sort=False)}
+    return build_window_set(feats, prices, list(products), pd.Timestamp(hour))
+
+
+@dg.asset(
+    partitions_def=hourly_partitions,
+    deps=[
+        dg.AssetDep(INDICATORS, partition_mapping=previous_and_current_hour),
+        dg.AssetDep(FILLED_SERIES, partition_mapping=previous_and_current_hour),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "windows_well_formed",
+            asset=TRAINING_WINDOWS,
+            blocking=True,
+            description="3600 windows per hour, float32 features, every valid window finite with finite labels",
+        )
+    ],
+    io_manager_key="windows_io_manager",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="postgres",
+    group_name="training",
+    kinds={"numpy"},
+    metadata={"dagster/column_schema": column_schema(TrainingWindowsModel)},
+)
+def training_windows(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, market: MarketResource
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Features of all products on one clock (time x product*feature, float32), labels = log return from the
+    last observed price at t to t + 10/20/100/200 s per product, windows = the 1000 s ending at t as views."""
+    window = context.partition_time_window
+    hours = hours_in(window)
+    products = market.product_list
+    out: dict[str, WindowSet] = {}
+    prev_ind = prev_obs = None
+    with postgres.connection() as conn:
+        require_upstream_hour(conn, "indicators", hours[0] - HOUR, "training_windows")
+        for hour in hours:
+            if prev_ind is None:
+                prev_ind = read_frame(
+                    conn, "indicators", ("product_id", "time", "warm", *FEATURE_NAMES), hour - HOUR, hour
+                )
+                prev_obs = read_frame(
+                    conn, "filled_series", ("product_id", "time", "price"), hour - HOUR, hour
+                )
+            cur_ind = read_frame(
+                conn, "indicators", ("product_id", "time", "warm", *FEATURE_NAMES), hour, hour + HOUR
+            )
+            cur_obs = read_frame(conn, "filled_series", ("product_id", "time", "price"), hour, hour + HOUR)
+            ws = windows_for_hour(
+                pd.concat([prev_ind, cur_ind], ignore_index=True),
+                pd.concat([prev_obs, cur_obs], ignore_index=True),
+                hour,
+                products,
+            )
+            index = window_index_frame(ws)
+            errors = validate(TrainingWindowsModel, index)
+            if errors is not None:
+                raise dg.Failure(
+                    description=f"training_windows {partition_key(hour)}: {describe_failures(errors)}"
+                )
+            out[partition_key(hour)] = ws
+            prev_ind, prev_obs = cur_ind, cur_obs
+
+    n_windows = sum(len(ws) for ws in out.values())
+    n_valid = sum(int(ws.valid.sum()) for ws in out.values())
+    well_formed = all(
+        len(ws) == 3600
+        and ws.features.dtype == np.float32
+        and bool(np.isfinite(ws.labels[ws.valid]).all())
+        and bool(
+            all(
+                np.isfinite(ws.window_at(i)).all()
+                for i in np.flatnonzero(ws.valid)[:: max(1, int(ws.valid.sum()) // 20)]
+            )
+        )
+        for ws in out.values()
+    )
+    last = out[partition_key(hours[-1])]
+    coverage = {
+        p: float(
+            np.isfinite(
+                last.features[:, [i for i, n in enumerate(last.feature_names) if n.startswith(p + ":")]]
+            )
+            .all(axis=1)
+            .mean()
+        )
+        for p in products
+    }
+    yield dg.Output(
+        out,
+        metadata={
+            "dagster/row_count": n_windows,
+            "valid_windows": n_valid,
+            "valid_fraction": n_valid / max(n_windows, 1),
+            "feature_matrix_shape": str(last.features.shape),
+            "window_shape": f"({last.window}, {last.features.shape[1]})",
+            "outputs": len(last.output_names),
+            "coverage_by_product": dg.MetadataValue.json({p: round(v, 4) for p, v in coverage.items()}),
+            "coverage_plot": as_markdown(
+                bars(list(coverage), list(coverage.values()), "rows with all features finite"), "coverage"
+            ),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="windows_well_formed",
+        passed=well_formed,
+        metadata={"windows": n_windows, "valid": n_valid},
+    )
