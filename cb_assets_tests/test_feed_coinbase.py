@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections import defaultdict
 
 from cb_assets.feed.coinbase import CoinbaseFeed, ReconnectPolicy, probe_async
@@ -58,7 +59,7 @@ async def _run_client() -> tuple[FakeCoinbase, CoinbaseFeed, list[tuple[str, str
         feed = CoinbaseFeed(
             PRODUCTS,
             url=fake.url,
-            idle_timeout_s=0.6,
+            idle_timeout_s=1.0,
             reconnect=ReconnectPolicy(initial_s=0.05, max_s=0.2, healthy_after_s=0.1),
             on_gap=gaps.append,
             proxy=None,
@@ -117,6 +118,17 @@ def test_live_client_survives_closes_silence_gaps_and_errors() -> None:
     assert c.unknown == 1
     assert c.protocol_errors == 0
     assert c.ticker_frames == sum(len(v) for v in by_conn.values())
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    policy = ReconnectPolicy(initial_s=1.0, max_s=60.0, multiplier=2.0, jitter=0.5)
+    rng = random.Random(3)
+    for attempt in range(12):
+        base = min(60.0, 2.0**attempt)
+        delays = [policy.delay(attempt, rng) for _ in range(50)]
+        assert all(base * 0.5 <= d <= base for d in delays)
+        assert len(set(delays)) > 1  # jittered, so clients cut off together do not return together
+    assert policy.delay(10_000, rng) <= 60.0
 
 
 async def _probe_pair() -> tuple[object, object]:

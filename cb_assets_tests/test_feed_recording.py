@@ -87,7 +87,7 @@ def test_questdb_hour_becomes_about_720_frames(questdb_recording: tuple[Path, in
     for f in frames:
         t = f.tickers[0]
         assert Decimal(t.low_24_h) <= Decimal(t.price) <= Decimal(t.high_24_h)
-    total = sum(Decimal(a) for a in trades["amount"])
+    total = sum((Decimal(a) for a in trades["amount"]), Decimal(0))
     assert Decimal(frames[-1].tickers[0].volume_24_h) == total.quantize(Decimal("0.00000001"))
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from cb_assets.config import DEFAULT_PRODUCTS
 from cb_assets.feed.protocol import (
+    GapRecord,
     HeartbeatFrame,
     SubscriptionsFrame,
     TickerBatchFrame,
@@ -133,7 +134,7 @@ def test_frames_parse_and_match_the_fast_path() -> None:
 
 
 def test_planted_gaps_are_reported() -> None:
-    gaps = []
+    gaps: list[GapRecord] = []
 
     async def collect() -> SimulatedSource:
         src = SimulatedSource(

@@ -101,7 +101,9 @@ def _consume_all(
         while len(got) < expected and time.monotonic() < deadline:
             for msg in consumer.consume(1000, 0.5):
                 if msg.error() is None:
-                    got.append((msg.partition(), msg.key(), msg.value()))
+                    part, key, value = msg.partition(), msg.key(), msg.value()
+                    assert part is not None and key is not None and value is not None  # every tick has both
+                    got.append((part, key, value))
         return got
     finally:
         consumer.close()

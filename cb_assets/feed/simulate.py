@@ -44,7 +44,7 @@ def ticker_dicts(
 ) -> list[dict[str, str]]:
     """Wire-format tickers (all numbers as strings, prices to the product's decimals) for one frame."""
     out = []
-    for p in range(len(products)) if mask is None else np.flatnonzero(mask):
+    for p in range(len(products)) if mask is None else np.flatnonzero(mask).tolist():
         d = int(decimals[p])
         v = values[p]
         out.append(

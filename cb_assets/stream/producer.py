@@ -288,6 +288,10 @@ class TickProducer:
         return self.counters
 
 
+def _admin_config(bootstrap: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG, **dict(extra or {})}
+
+
 def ensure_topic(
     bootstrap: str,
     topic: str,
@@ -303,7 +307,7 @@ def ensure_topic(
     existing topic is left alone; one with fewer partitions than asked for is reported, not altered,
     because adding partitions re-maps keys and would break per-product ordering mid-stream.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG, **dict(extra_config or {})})
+    admin = AdminClient(_admin_config(bootstrap, extra_config))
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)],
         request_timeout=timeout_s,
@@ -327,9 +331,7 @@ def ensure_topic(
 
 def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10.0) -> Sequence[int]:
     """Partition ids of `topic` (empty when it does not exist); handy for `assign`-based consumers."""
-    meta = AdminClient({"bootstrap.servers": bootstrap, "logger": _RDKAFKA_LOG}).list_topics(
-        topic, timeout=timeout_s
-    )
+    meta = AdminClient(_admin_config(bootstrap)).list_topics(topic, timeout=timeout_s)
     info = meta.topics.get(topic)
     if info is None or info.error is not None:
         return []
