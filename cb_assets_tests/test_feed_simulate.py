@@ -17,6 +17,7 @@ from cb_assets.feed.protocol import (
     parse_rfc3339_ns,
 )
 from cb_assets.feed.simulate import LeadLag, SimulatedSource, SimulatedTicks, oracle_skill, simulate_ticks
+from cb_assets.series.schema import SERIES_COLUMNS
 
 START = parse_rfc3339_ns("2024-05-01T00:00:00Z")
 PRODUCTS = tuple(DEFAULT_PRODUCTS)
@@ -131,6 +132,11 @@ def test_frames_parse_and_match_the_fast_path() -> None:
     fast_batches = [parse_frame(t) for t in fast.frame_texts()]
     assert [(f.time_ns, f.tickers) for f in batches] == [(f.time_ns, f.tickers) for f in fast_batches]  # type: ignore[union-attr]
     assert len(list(fast.messages())) == int(fast.emitted.sum())
+    # The arrays hold exactly the numbers the frames carry (so rows written from arrays match the sink's).
+    for k, frame in enumerate(fast_batches):
+        for t in frame.tickers:  # type: ignore[union-attr]
+            sent = [float(getattr(t, c)) for c in SERIES_COLUMNS]
+            assert sent == fast.values[k, PRODUCTS.index(t.product_id)].tolist()
 
 
 def test_planted_gaps_are_reported() -> None:

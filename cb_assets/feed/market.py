@@ -140,6 +140,14 @@ def _decimals(price: float) -> int:
     return int(min(8, max(2, math.ceil(-math.log10(price)) + 5)))
 
 
+def _as_sent(values: np.ndarray) -> np.ndarray:
+    # Volume and percent change go on the wire with 8 decimals (prices are rounded already): round the
+    # arrays the same way so the fast path holds exactly the numbers a consumer of the frames would see.
+    values[..., 1] = np.round(values[..., 1], 8)
+    values[..., 6] = np.round(values[..., 6], 8)
+    return values
+
+
 class MarketEngine:
     """Carries the market state from hour to hour; `snapshot()` first, then `step_hour()` repeatedly."""
 
@@ -260,7 +268,7 @@ class MarketEngine:
             ],
             axis=1,
         )
-        return t, values
+        return t, _as_sent(values)
 
     def step_hour(self) -> HourBlock:
         h_idx = self.hour_index
@@ -354,4 +362,4 @@ class MarketEngine:
         self._hist_low, self._hist_high = lows[60:], highs[60:]
         self._hist_vol, self._hist_close = vols[60:], closes[60:]
         self._low52, self._high52 = low52[-1].copy(), high52[-1].copy()
-        return np.stack([disp, vol24, low24, high24, low52, high52, pct], axis=2)
+        return _as_sent(np.stack([disp, vol24, low24, high24, low52, high52, pct], axis=2))
