@@ -34,22 +34,49 @@ INDICATOR_TYPES = {
 _FILLED_READ = ("product_id", "time", "causal", "price", *(f"{c}_filtered" for c in SERIES_COLUMNS))
 
 
-def require_upstream_hour(conn: psycopg.Connection, table: str, hour: datetime, asset: str) -> None:
-    """Fail when the look-back hour has raw data but `table` has no rows for it yet.
-
-    Computing anyway would silently give a colder (different) result than computing in order; failing keeps
-    every hour a function of its inputs alone. Backfills order upstream hours first by themselves.
-    """
-    raw, derived = conn.execute(
+def upstream_hour_state(conn: psycopg.Connection, table: str, hour: datetime) -> str:
+    """'present', 'no_data' (no raw ticks either), 'invalid_raw' (raw ticks break the rules, so the upstream
+    hour cannot exist until they are fixed) or 'missing' (raw ticks are fine, the hour is just not computed)."""
+    raw, invalid, derived = conn.execute(
         f"""SELECT EXISTS (SELECT 1 FROM raw_ticks WHERE time >= %(s)s AND time < %(e)s),
+                   EXISTS (SELECT 1 FROM raw_ticks WHERE time >= %(s)s AND time < %(e)s
+                           AND (price <= 0 OR low_24_h > high_24_h)),
                    EXISTS (SELECT 1 FROM {table} WHERE time >= %(s)s AND time < %(e)s)""",
         {"s": hour, "e": hour + HOUR},
     ).fetchone()
-    if raw and not derived:
-        raise dg.Failure(
-            description=f"{asset} needs {table} for the previous hour {partition_key(hour)}, which has raw ticks but "
-            f"has not been materialised yet: materialise {table} {partition_key(hour)} first."
-        )
+    if derived:
+        return "present"
+    if not raw:
+        return "no_data"
+    return "invalid_raw" if invalid else "missing"
+
+
+def require_upstream(
+    conn: psycopg.Connection, table: str, lookback: datetime, own: list[datetime], asset: str
+) -> list[str]:
+    """Fail unless the upstream hours this partition reads are there; return notes for the metadata.
+
+    Computing with a missing upstream hour would silently give a different (colder) result than computing in
+    order; failing keeps every hour a function of its inputs alone (backfills order upstream hours first by
+    themselves). A look-back hour whose raw ticks are invalid can never be computed until they are fixed, so
+    it is treated as a gap (and noted) rather than blocking every later hour.
+    """
+    notes: list[str] = []
+    for h in [lookback, *own]:
+        state = upstream_hour_state(conn, table, h)
+        if state == "missing":
+            raise dg.Failure(
+                description=f"{asset} needs {table} {partition_key(h)}, which has raw ticks but has not been "
+                f"materialised yet: materialise {table} {partition_key(h)} first."
+            )
+        if state == "invalid_raw":
+            if h != lookback:
+                raise dg.Failure(
+                    description=f"{table} {partition_key(h)} does not exist because raw_ticks of that hour break "
+                    "the validation rules (see the raw_ticks checks); fix the rows, then re-materialise."
+                )
+            notes.append(f"look-back hour {partition_key(h)} skipped: its raw ticks are invalid")
+    return notes
 
 
 def indicators_for_hour(filled: pd.DataFrame, hour: datetime, products: tuple[str, ...]) -> pd.DataFrame:
@@ -61,7 +88,7 @@ def indicators_for_hour(filled: pd.DataFrame, hour: datetime, products: tuple[st
         filtered = f[[f"{c}_filtered" for c in SERIES_COLUMNS]].set_axis(list(SERIES_COLUMNS), axis=1)
         ind = compute_indicators(filtered.astype(float), f["price"].astype(float)).iloc[HOUR_S:]
         # A cold-start hour's filter used parameters fitted on itself: keep it out of training data.
-        causal = f["causal"].iloc[HOUR_S:].fillna(False).astype(bool).to_numpy()
+        causal = f["causal"].iloc[HOUR_S:].eq(True).to_numpy()
         ind["warm"] = ind["warm"].to_numpy() & causal
         ind = ind.reset_index(names="time")
         ind.insert(0, "product_id", product)
@@ -97,7 +124,7 @@ def indicators(
     hours = hours_in(window)
     products = market.product_list
     with postgres.connection() as conn:
-        require_upstream_hour(conn, "filled_series", hours[0] - HOUR, "indicators")
+        notes = require_upstream(conn, "filled_series", hours[0] - HOUR, hours, "indicators")
         filled = read_frame(conn, "filled_series", _FILLED_READ, hours[0] - HOUR, window.end)
         frames = {}
         for hour in hours:
@@ -125,6 +152,7 @@ def indicators(
                 {p: round(float(v), 4) for p, v in all_rows.groupby("product_id")["warm"].mean().items()}
             ),
             "features": len(FEATURE_NAMES),
+            "notes": dg.MetadataValue.json(notes),
             "indicator_plot": as_markdown(
                 indicator_snapshot(snap, show_product, ["ret_60s", "rsi_300s", "macd_hist", "vol_300s"]),
                 "indicator snapshot",

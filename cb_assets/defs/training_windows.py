@@ -16,7 +16,7 @@ import pandas as pd
 
 from cb_assets.db.series_store import read_frame
 from cb_assets.defs.filled_series import FILLED_SERIES
-from cb_assets.defs.indicators import INDICATORS, require_upstream_hour
+from cb_assets.defs.indicators import INDICATORS, require_upstream
 from cb_assets.defs.partitions import (
     HOUR,
     hourly_partitions,
@@ -94,7 +94,7 @@ def training_windows(
     out: dict[str, WindowSet] = {}
     prev_ind = prev_obs = None
     with postgres.connection() as conn:
-        require_upstream_hour(conn, "indicators", hours[0] - HOUR, "training_windows")
+        notes = require_upstream(conn, "indicators", hours[0] - HOUR, hours, "training_windows")
         for hour in hours:
             if prev_ind is None:
                 prev_ind = read_frame(
@@ -156,6 +156,7 @@ def training_windows(
             "feature_matrix_shape": str(last.features.shape),
             "window_shape": f"({last.window}, {last.features.shape[1]})",
             "outputs": len(last.output_names),
+            "notes": dg.MetadataValue.json(notes),
             "coverage_by_product": dg.MetadataValue.json({p: round(v, 4) for p, v in coverage.items()}),
             "coverage_plot": as_markdown(
                 bars(list(coverage), list(coverage.values()), "rows with all features finite"), "coverage"

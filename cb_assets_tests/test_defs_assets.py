@@ -1,0 +1,244 @@
+"""The hourly asset graph in process against PostgreSQL: outputs, determinism, order independence, leakage,
+bad data. One simulated market is materialised once per module and compared against variants of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from cb_assets.db.connection import connect
+from cb_assets.series.window_store import WindowStore
+from cb_assets.stream.seed import simulate_rows, write_rows
+from cb_assets_tests.assets_support import (
+    ASSET_NAMES,
+    HOUR,
+    PRODUCTS,
+    hour,
+    key_of,
+    materialize,
+    materialize_range,
+    resources,
+    table_slice,
+)
+
+H0, H1, H2 = "2024-03-01-00:00", "2024-03-01-01:00", "2024-03-01-02:00"
+HOURS = (H0, H1, H2)
+
+
+@pytest.fixture(scope="module")
+def instance() -> dg.DagsterInstance:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def market_rows() -> list[tuple]:
+    _, rows = simulate_rows(PRODUCTS, hour(H0), 3, seed=7)
+    return rows
+
+
+def _fresh(make_database: Callable[..., str], rows: list[tuple]) -> str:
+    url = make_database()
+    write_rows(url, rows)
+    return url
+
+
+@pytest.fixture(scope="module")
+def in_order(make_database, market_rows, instance, tmp_path_factory) -> tuple[str, dict]:
+    """The three hours materialised in order, one partition per run, every asset."""
+    url = _fresh(make_database, market_rows)
+    res = resources(url, tmp_path_factory.mktemp("in_order"))
+    for key in HOURS:
+        result = materialize(ASSET_NAMES, key, res, instance)
+        assert result.success
+    return url, res
+
+
+def test_outputs_of_a_warm_hour(in_order) -> None:
+    url, res = in_order
+    filled = table_slice(url, "filled_series", hour(H2), hour(H2) + HOUR)
+    assert len(filled) == 3600 * len(PRODUCTS)
+    assert filled["causal"].all()  # parameters came from H1
+    assert filled["price_filtered"].notna().all()
+    # Filtered values track the observations closely, the smoother too.
+    obs = filled[filled["observed"]]
+    rel = (obs["price_filtered"] - obs["price"]).abs() / obs["price"]
+    assert rel.median() < 1e-3
+    ind = table_slice(url, "indicators", hour(H2), hour(H2) + HOUR)
+    assert ind["warm"].all() and ind.drop(columns=["product_id", "time", "warm"]).notna().all().all()
+    store = WindowStore(res["windows_io_manager"].base_dir)
+    ws = store.load(H2)
+    assert len(ws) == 3600 and ws.valid.all()
+    assert ws.features.shape == (1199 + 3400, len(PRODUCTS) * 43) and ws.features.dtype == np.float32
+    first_anchor = pd.Timestamp(int(ws.anchor_times_ns[0]), tz="UTC")
+    assert first_anchor == hour(H2) - pd.Timedelta(seconds=200)
+
+
+def test_kalman_parameters_recorded_per_hour(in_order) -> None:
+    url, _ = in_order
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT fitted_on, count(*), bool_and(q > 0 AND r > 0) FROM kalman_params GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    # H0 has no previous hour: a cold start fitted on itself; H1 and H2 are causal.
+    assert rows == [("previous_hour", 2 * len(PRODUCTS) * 7, True), ("same_hour", len(PRODUCTS) * 7, True)]
+
+
+def test_rematerialising_gives_identical_results(in_order, instance) -> None:
+    url, res = in_order
+    before_f = table_slice(url, "filled_series", hour(H1), hour(H1) + HOUR)
+    before_i = table_slice(url, "indicators", hour(H1), hour(H1) + HOUR)
+    before_w = np.array(WindowStore(res["windows_io_manager"].base_dir).load(H1).features)
+    assert materialize(ASSET_NAMES[1:], H1, res, instance).success
+    pd.testing.assert_frame_equal(table_slice(url, "filled_series", hour(H1), hour(H1) + HOUR), before_f)
+    pd.testing.assert_frame_equal(table_slice(url, "indicators", hour(H1), hour(H1) + HOUR), before_i)
+    np.testing.assert_array_equal(WindowStore(res["windows_io_manager"].base_dir).load(H1).features, before_w)
+
+
+def test_out_of_order_backfill_equals_in_order(
+    in_order, make_database, market_rows, instance, tmp_path
+) -> None:
+    url, res = in_order
+    other = _fresh(make_database, market_rows)
+    res2 = resources(other, tmp_path)
+    # Asset by asset (as a backfill orders them), hours shuffled within each asset; one range run included.
+    for name, order in (
+        ("raw_ticks", (H2, H0, H1)),
+        ("filled_series", (H2, H0, H1)),
+        ("indicators", (H1, H0, H2)),
+    ):
+        for key in order:
+            assert materialize([name], key, res2, instance).success
+    assert materialize_range(["training_windows"], H0, H2, res2, instance).success
+    for table in ("filled_series", "indicators"):
+        pd.testing.assert_frame_equal(
+            table_slice(other, table, hour(H0), hour(H2) + HOUR),
+            table_slice(url, table, hour(H0), hour(H2) + HOUR),
+        )
+    a, b = WindowStore(res["windows_io_manager"].base_dir), WindowStore(res2["windows_io_manager"].base_dir)
+    for key in HOURS:
+        np.testing.assert_array_equal(a.load(key).features, b.load(key).features)
+        np.testing.assert_array_equal(a.load(key).labels, b.load(key).labels)
+
+
+def test_missing_upstream_hour_fails_with_a_clear_message(
+    make_database, market_rows, instance, tmp_path
+) -> None:
+    url = _fresh(make_database, market_rows)
+    res = resources(url, tmp_path)
+    assert materialize(["filled_series"], H2, res, instance).success
+    result = materialize(["indicators"], H2, res, instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert f"materialise filled_series {H1} first" in failure.step_failure_data.error.message
+
+
+def test_leakage_perturbing_the_future_changes_nothing_before_t(
+    in_order, make_database, market_rows, instance, tmp_path
+) -> None:
+    url, res = in_order
+    t = pd.Timestamp(hour(H2)) + pd.Timedelta(minutes=31, seconds=17)
+    rng = np.random.default_rng(3)
+    perturbed = [
+        (*r[:2], *(v * float(np.exp(rng.normal(0, 0.01))) for v in r[2:4]), *r[4:]) if r[1] > t else r
+        for r in market_rows
+    ]
+    assert sum(a != b for a, b in zip(perturbed, market_rows, strict=True)) > 1000
+    other = _fresh(make_database, perturbed)
+    res2 = resources(other, tmp_path)
+    for key in HOURS:
+        assert materialize(ASSET_NAMES, key, res2, instance).success
+
+    def upto(table: str, db: str) -> pd.DataFrame:
+        f = table_slice(db, table, hour(H0), hour(H2) + HOUR)
+        return f[f["time"] <= t].reset_index(drop=True)
+
+    causal_cols = [
+        "product_id",
+        "time",
+        "observed",
+        "causal",
+        *[c for c in upto("filled_series", url) if c.endswith(("_filtered", "_filtered_std"))],
+    ]
+    pd.testing.assert_frame_equal(
+        upto("filled_series", other)[causal_cols], upto("filled_series", url)[causal_cols]
+    )
+    pd.testing.assert_frame_equal(upto("indicators", other), upto("indicators", url))
+    a = WindowStore(res["windows_io_manager"].base_dir).load(H2)
+    b = WindowStore(res2["windows_io_manager"].base_dir).load(H2)
+    up_to_t = a.anchor_times_ns <= t.value
+    assert up_to_t.sum() > 1000
+    np.testing.assert_array_equal(a.views()[up_to_t], b.views()[up_to_t])
+    # ... while the smoother and the future did change (the perturbation was real).
+    after = table_slice(other, "filled_series", t, hour(H2) + HOUR)
+    assert not after["price_filtered"].equals(
+        table_slice(url, "filled_series", t, hour(H2) + HOUR)["price_filtered"]
+    )
+
+
+def test_bad_hour_is_flagged_and_the_others_materialise(
+    make_database, market_rows, instance, tmp_path
+) -> None:
+    url = _fresh(make_database, market_rows)
+    with connect(url) as conn:
+        conn.execute(
+            "UPDATE raw_ticks SET price = -price WHERE product_id = 'ETH-USD' AND time = "
+            "(SELECT min(time) FROM raw_ticks WHERE product_id = 'ETH-USD' AND time >= %s)",
+            (hour(H1) + pd.Timedelta(minutes=10),),
+        )
+        # A live tick ingested three hours after its hour ended: suspect, flagged (not blocking).
+        conn.execute(
+            "UPDATE raw_ticks SET source = 'live', received_at = time + interval '4 hours' WHERE product_id = "
+            "'SOL-USD' AND time = (SELECT min(time) FROM raw_ticks WHERE product_id = 'SOL-USD' AND time >= %s)",
+            (hour(H2) + pd.Timedelta(minutes=5),),
+        )
+    res = resources(url, tmp_path)
+    outcomes = {key: materialize(ASSET_NAMES, key, res, instance, raise_on_error=False) for key in HOURS}
+
+    bad = outcomes[H1]
+    checks = {c.check_name: c for c in bad.get_asset_check_evaluations()}
+    assert not checks["price_positive"].passed
+    assert (
+        "ETH-USD" in checks["price_positive"].description and "1 rows" in checks["price_positive"].description
+    )
+    materialized = {e.asset_key.path[-1] for e in bad.get_asset_materialization_events()}
+    assert materialized == {"raw_ticks"}  # the blocking check stopped the chain for this hour
+
+    late = {c.check_name: c for c in outcomes[H2].get_asset_check_evaluations()}["no_late_live_ticks"]
+    assert not late.passed and "SOL-USD" in late.description
+    for key in (H0, H2):
+        done = {e.asset_key.path[-1] for e in outcomes[key].get_asset_materialization_events()}
+        assert done == set(ASSET_NAMES), key
+    # Re-running filled_series on the bad hour fails with the reason instead of computing on bad data.
+    retry = materialize(["filled_series"], H1, res, instance, raise_on_error=False)
+    assert not retry.success
+    failure = next(e for e in retry.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "price_positive: 1 rows" in failure.step_failure_data.error.message
+
+
+def test_schedule_requests_the_newest_complete_hour(in_order, instance) -> None:
+    from cb_assets.defs.schedules import hourly_assets_schedule
+
+    ctx = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=hour(H2) + HOUR + pd.Timedelta(minutes=5)
+    )
+    assert isinstance(hourly_assets_schedule(ctx), dg.SkipReason)  # H2 already has training windows
+    ctx = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=hour(H2) + 2 * HOUR + pd.Timedelta(minutes=5)
+    )
+    request = hourly_assets_schedule(ctx)
+    assert isinstance(request, dg.RunRequest) and request.partition_key == key_of(hour(H2) + HOUR)
+
+
+def test_a_range_runs_as_one_run(make_database, market_rows, instance, tmp_path: Path) -> None:
+    url = _fresh(make_database, market_rows)
+    res = resources(url, tmp_path)
+    result = materialize_range(ASSET_NAMES, H0, H2, res, instance)
+    assert result.success
+    keys = {(e.asset_key.path[-1], e.partition) for e in result.get_asset_materialization_events()}
+    assert keys == {(a, k) for a in ASSET_NAMES for k in HOURS}
