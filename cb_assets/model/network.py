@@ -1,8 +1,9 @@
 """The forecasting network: standardise, strided Conv1D down-sampling, one Transformer block, a small head.
 
-Why this shape: attention over all 1000 seconds trained at ~24 windows/s on the 2-core machine, a strided
-convolutional front that shrinks the sequence ~20x before attention at ~70/s (docs architecture notes), so
-the convolutions do the local work and attention relates the few dozen summaries to each other.
+Why this shape: on the 2-core machine attention over all 1000 seconds trained at ~24 windows/s, a strided
+convolutional front that shrinks the sequence before attention at ~70/s (architecture notes); the defaults
+here (1000 s -> 49 tokens) fine-tune at ~170-200 windows/s (bench/model.py). The convolutions do the local
+work and attention relates the few dozen summaries to each other.
 
 The model carries its own normalisation: a `Standardize` layer holds the TRAINING feature statistics and a
 `Destandardize` layer the training label statistics, both as non-trainable weights, so a saved `.keras` file
@@ -86,53 +87,9 @@ class NetworkConfig:
         return cls(**kw)
 
 
-@keras.saving.register_keras_serializable(package="cb_assets")
-class Standardize(layers.Layer):
-    """(x - mean) / std with stored training statistics; non-finite values become 0 (the training mean).
-
-    The statistics are non-trainable weights, so they travel inside the `.keras` file and never move
-    during training or fine-tuning.
-    """
-
-    def __init__(
-        self,
-        n_columns: int,
-        clip: float | None = None,
-        column_names: list[str] | tuple[str, ...] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.n_columns = int(n_columns)
-        self.clip = None if clip is None else float(clip)
-        self.column_names = _names(column_names, self.n_columns)
-        self.mean = self.add_weight(
-            shape=(self.n_columns,), initializer="zeros", trainable=False, name="mean"
-        )
-        self.std = self.add_weight(shape=(self.n_columns,), initializer="ones", trainable=False, name="std")
-
-    def set_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.mean.assign(_checked(mean, self.n_columns, "mean"))
-        self.std.assign(_checked(std, self.n_columns, "std", positive=True))
-
-    def call(self, x: Any) -> Any:
-        z = (x - self.mean) / self.std
-        z = ops.where(ops.isfinite(z), z, ops.zeros_like(z))
-        if self.clip is not None:
-            z = ops.clip(z, -self.clip, self.clip)
-        return z
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "n_columns": self.n_columns,
-            "clip": self.clip,
-            "column_names": None if self.column_names is None else list(self.column_names),
-        }
-
-
-@keras.saving.register_keras_serializable(package="cb_assets")
-class Destandardize(layers.Layer):
-    """z * std + mean with the stored training label statistics: standardised head -> raw log returns."""
+class _StoredStats(layers.Layer):
+    """Per-column (mean, std) held as non-trainable weights: they travel inside the `.keras` file and
+    never move during training or fine-tuning. Column names (optional) travel in the config."""
 
     def __init__(
         self, n_columns: int, column_names: list[str] | tuple[str, ...] | None = None, **kwargs: Any
@@ -140,24 +97,42 @@ class Destandardize(layers.Layer):
         super().__init__(**kwargs)
         self.n_columns = int(n_columns)
         self.column_names = _names(column_names, self.n_columns)
-        self.mean = self.add_weight(
-            shape=(self.n_columns,), initializer="zeros", trainable=False, name="mean"
-        )
-        self.std = self.add_weight(shape=(self.n_columns,), initializer="ones", trainable=False, name="std")
+        shape = (self.n_columns,)
+        self.mean = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=shape, initializer="ones", trainable=False, name="std")
 
     def set_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
         self.mean.assign(_checked(mean, self.n_columns, "mean"))
         self.std.assign(_checked(std, self.n_columns, "std", positive=True))
 
-    def call(self, z: Any) -> Any:
-        return z * self.std + self.mean
+    def get_config(self) -> dict[str, Any]:
+        names = None if self.column_names is None else list(self.column_names)
+        return {**super().get_config(), "n_columns": self.n_columns, "column_names": names}
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class Standardize(_StoredStats):
+    """(x - mean) / std with the training feature statistics; non-finite values become 0 (the mean)."""
+
+    def __init__(self, n_columns: int, clip: float | None = None, **kwargs: Any) -> None:
+        super().__init__(n_columns, **kwargs)
+        self.clip = None if clip is None else float(clip)
+
+    def call(self, x: Any) -> Any:
+        z = (x - self.mean) / self.std
+        z = ops.where(ops.isfinite(z), z, ops.zeros_like(z))
+        return z if self.clip is None else ops.clip(z, -self.clip, self.clip)
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "n_columns": self.n_columns,
-            "column_names": None if self.column_names is None else list(self.column_names),
-        }
+        return {**super().get_config(), "clip": self.clip}
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class Destandardize(_StoredStats):
+    """z * std + mean with the training label statistics: standardised head -> raw log returns."""
+
+    def call(self, z: Any) -> Any:
+        return z * self.std + self.mean
 
 
 @keras.saving.register_keras_serializable(package="cb_assets")
@@ -372,31 +347,34 @@ def _predict_fn(model: keras.Model) -> Any:
 
 
 def predict_returns(model: keras.Model, windows: np.ndarray | WindowSet, batch_size: int = 64) -> np.ndarray:
-    """Raw log returns (n, n_outputs) for `windows`: an array (n, window, n_features) or every window of
-    a WindowSet (invalid ones included; the caller masks with `valid`). Copies one batch at a time."""
+    """Raw log returns (n, n_outputs) for `windows`: an array (n, window, n_features), one window
+    (window, n_features), or every window of a WindowSet (invalid ones included: the caller masks with
+    `valid`). Copies one batch at a time out of a WindowSet's views."""
     fn = _predict_fn(model)
     if isinstance(windows, WindowSet):
         n = len(windows)
         try:
-            source: Any = windows.views()
-        except ValueError:
-            source = None
-        out = np.empty((n, int(model.outputs[0].shape[-1])), dtype=np.float32)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            if source is not None:
-                batch = np.ascontiguousarray(source[start:stop])
-            else:
-                batch = np.stack([windows.window_at(i) for i in range(start, stop)])
-            out[start:stop] = fn(tf.constant(batch, dtype=tf.float32)).numpy()
-        return out
-    arr = np.asarray(windows, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    parts = [fn(tf.constant(arr[s : s + batch_size])).numpy() for s in range(0, arr.shape[0], batch_size)]
-    return (
-        np.concatenate(parts, axis=0) if parts else np.empty((0, int(model.outputs[0].shape[-1])), np.float32)
-    )
+            views: Any = windows.views()
+        except ValueError:  # non-consecutive anchors
+            views = None
+
+        def batch(i: int, j: int) -> np.ndarray:
+            if views is not None:
+                return np.ascontiguousarray(views[i:j])
+            return np.stack([windows.window_at(k) for k in range(i, j)])
+    else:
+        arr = np.asarray(windows, dtype=np.float32)
+        arr = arr[None] if arr.ndim == 2 else arr
+        n = arr.shape[0]
+
+        def batch(i: int, j: int) -> np.ndarray:
+            return arr[i:j]
+
+    out = np.empty((n, int(model.outputs[0].shape[-1])), dtype=np.float32)
+    for i in range(0, n, batch_size):
+        j = min(i + batch_size, n)
+        out[i:j] = fn(tf.constant(batch(i, j), dtype=tf.float32)).numpy()
+    return out
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:

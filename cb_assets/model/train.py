@@ -44,6 +44,7 @@ __all__ = [
     "TrainResult",
     "WindowBatcher",
     "fine_tune",
+    "lr_schedule",
     "merged_stats",
     "new_model",
     "select_windows",
@@ -51,8 +52,9 @@ __all__ = [
     "train_model",
 ]
 
-# Every 2nd valid anchor: one hour is then 1800 windows, a fine-tune on it (plus replay) fits the
-# two-minute budget on 2 CPU cores with the default network (bench/model.py measures it).
+# Every 2nd valid anchor: one hour is then 1800 windows (+600 replay), a fine-tune of ~15 s on 2 quiet
+# cores against a two-minute budget (stride 1: ~31 s). The margin is for a machine shared with other runs;
+# neighbouring windows share 999 of 1000 seconds, so stride 1 adds little. bench/model.py measures it.
 DEFAULT_STRIDE = 2
 DEFAULT_BATCH = 16
 
