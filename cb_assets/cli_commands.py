@@ -8,7 +8,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from cb_assets.feed.cli import register as _register_feed
 from cb_assets.stack.cli import register as _register_up
 from cb_assets.stream.cli import register as _register_sink
 
-REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_register_up, _register_sink]
+REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_up,
+    _register_feed,
+    _register_sink,
+]

@@ -177,6 +177,7 @@ class SimulatedSource(FrameSource):
         gap_prob: float = 0.0,
         on_gap: GapCallback | None = None,
         connection_id: str | None = None,
+        not_ahead_of_wall_clock: bool = False,
         **engine_options: Any,
     ) -> None:
         super().__init__(on_gap)
@@ -191,6 +192,9 @@ class SimulatedSource(FrameSource):
         self.lead_lag = lead_lag
         self.gap_prob = gap_prob
         self.sim_connection_id = connection_id or f"simulated-{seed}"
+        # A demo starts in the past and runs fast until it reaches the present, then follows the wall clock:
+        # ticks from the future would be refused by the sink.
+        self.not_ahead_of_wall_clock = not_ahead_of_wall_clock
         self.dropped_frames = 0
         self.engine = MarketEngine(
             self.products, seed=seed, start_ns=self.start_ns, lead_lag=lead_lag, **engine_options
@@ -224,10 +228,13 @@ class SimulatedSource(FrameSource):
         async def pace(t_ns: int) -> None:
             nonlocal emitted
             emitted += 1
+            delay = 0.0
             if self.speed > 0:
                 delay = wall0 + (t_ns - self.start_ns) / SECOND_NS / self.speed - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            if self.not_ahead_of_wall_clock:
+                delay = max(delay, (t_ns - time.time_ns()) / SECOND_NS)
+            if delay > 0:
+                await asyncio.sleep(delay)
             elif emitted % 256 == 0:
                 await asyncio.sleep(0)  # as fast as possible, but let the rest of the loop run
 

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 
 from cb_assets.config import Settings
 
+log = logging.getLogger(__name__)
+
 
 def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
+    from cb_assets.stream.producer import ensure_topic
     from cb_assets.stream.sink import Sink, SinkConfig
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            # Subscribing to a missing topic only yields errors until a producer creates it: create it now.
+            ensure_topic(settings.kafka_bootstrap, settings.topic)
+            break
+        except Exception as exc:  # the broker may still be starting
+            log.warning(
+                "cannot reach Kafka at %s (%s); retrying in %.0f s", settings.kafka_bootstrap, exc, delay
+            )
+            stop.wait(delay)
+            delay = min(30.0, delay * 2)
     cfg = SinkConfig(
         bootstrap=settings.kafka_bootstrap,
         topic=settings.topic,
