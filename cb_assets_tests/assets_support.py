@@ -14,7 +14,7 @@ import pandas as pd
 from cb_assets.db.connection import connect
 from cb_assets.db.series_store import read_frame
 from cb_assets.defs.io_managers import WindowsIOManager
-from cb_assets.defs.resources import ArtifactStore, MarketResource, PostgresResource
+from cb_assets.defs.resources import ArtifactStore, MarketResource, PostgresResource, WindowStoreResource
 from cb_assets.series.indicators import FEATURE_NAMES
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD", "ETH-BTC")
@@ -35,6 +35,7 @@ def resources(database_url: str, home: Path, products: Sequence[str] = PRODUCTS)
         "market": MarketResource(products=",".join(products), hour_grace_s=120),
         "artifacts": ArtifactStore(base_dir=str(home / "artifacts")),
         "windows_io_manager": WindowsIOManager(base_dir=str(home / "windows")),
+        "windows": WindowStoreResource(base_dir=str(home / "windows")),
     }
 
 

@@ -10,6 +10,7 @@ import dagster as dg
 import psycopg
 
 from cb_assets.db.connection import connect
+from cb_assets.series.window_store import WindowStore
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -45,6 +46,17 @@ class ArtifactStore(dg.ConfigurableResource):
         return p
 
 
+class WindowStoreResource(dg.ConfigurableResource):
+    """The training windows on disk, for code that trains on arbitrary ranges of hours (the IO manager of
+    `training_windows` writes the same directories)."""
+
+    base_dir: str
+
+    @property
+    def store(self) -> WindowStore:
+        return WindowStore(self.base_dir)
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "postgres": PostgresResource(database_url=dg.EnvVar("CB_DATABASE_URL")),
@@ -52,4 +64,5 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             products=dg.EnvVar("CB_PRODUCTS"), hour_grace_s=dg.EnvVar.int("CB_HOUR_GRACE_S")
         ),
         "artifacts": ArtifactStore(base_dir=dg.EnvVar("CB_ARTIFACTS_DIR")),
+        "windows": WindowStoreResource(base_dir=dg.EnvVar("CB_WINDOWS_DIR")),
     }

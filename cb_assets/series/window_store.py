@@ -7,6 +7,7 @@ memory maps) is never handed a half-written mix.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -41,6 +42,14 @@ class WindowStore:
         if not self.exists(key):
             raise FileNotFoundError(f"no training windows stored for partition {key} under {self.base}")
         return load_window_set(self.path(key), mmap=mmap)
+
+    def valid_count(self, key: str) -> int | None:
+        """Valid windows of a stored partition (from its meta.json, without loading arrays); None if absent."""
+        meta = self.path(key) / "meta.json"
+        try:
+            return int(json.loads(meta.read_text())["n_valid"])
+        except FileNotFoundError:
+            return None
 
     def keys(self) -> list[str]:
         """Stored partition keys, oldest first."""

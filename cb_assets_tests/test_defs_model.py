@@ -1,0 +1,176 @@
+"""price_model, fine_tune_job, the registry and raw_ticks_sensor, in process against PostgreSQL.
+
+The network is tiny so that TensorFlow stays fast; the data chain is the real one (simulated market ->
+raw_ticks -> filled_series -> indicators -> training_windows)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cb_assets.db.connection import connect
+from cb_assets.defs.sensors import SensorCursor, newest_complete_hour, raw_ticks_sensor
+from cb_assets.model import registry
+from cb_assets.stream.seed import simulate_rows, write_rows
+from cb_assets_tests.assets_support import (
+    ASSET_NAMES,
+    HOUR,
+    PRODUCTS,
+    hour,
+    materialize_range,
+    resources,
+)
+
+H = ["2024-03-01-00:00", "2024-03-01-01:00", "2024-03-01-02:00", "2024-03-01-03:00"]
+TINY = {
+    "conv_filters": [8, 8],
+    "d_model": 8,
+    "heads": 2,
+    "ff_dim": 16,
+    "head_units": 8,
+    "stride": 8,
+    "epochs": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def instance() -> dg.DagsterInstance:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def platform(make_database, instance, tmp_path_factory) -> tuple[str, dict, Path]:
+    url = make_database()
+    _, rows = simulate_rows(PRODUCTS, hour(H[0]), 4, seed=11)
+    write_rows(url, rows)
+    home = tmp_path_factory.mktemp("model")
+    res = resources(url, home)
+    assert materialize_range(ASSET_NAMES, H[0], H[3], res, instance).success
+    return url, res, home
+
+
+def _train(res: dict, instance: dg.DagsterInstance, **config: object) -> dg.ExecuteInProcessResult:
+    from cb_assets.definitions import defs
+
+    return dg.materialize(
+        [defs.get_assets_def("price_model")],
+        resources=res,
+        instance=instance,
+        run_config={"ops": {"price_model": {"config": {**TINY, **config}}}},
+        raise_on_error=False,
+    )
+
+
+def test_initial_training_then_fine_tune_with_registry(platform, instance) -> None:
+    url, res, _ = platform
+    first = _train(res, instance, mode="initial", hours=[H[1], H[2]])
+    assert first.success, first.all_events
+    meta = first.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["mode"].value == "initial" and meta["promoted"].value is True
+    v1 = meta["version_id"].value
+    for key in (
+        "skill_10s",
+        "skill_200s",
+        "challenger_score",
+        "ridge_score",
+        "persistence_score",
+        "loss_curve",
+    ):
+        assert key in meta, key
+    with connect(url) as conn:
+        champ = registry.alias(conn)
+        assert champ is not None and champ.id == v1 and champ.partitions == [H[1], H[2]]
+        assert Path(champ.artifact_path).exists() and champ.artifact_path.endswith(".keras")
+
+    second = _train(res, instance, mode="auto", hours=[H[3]])
+    assert second.success
+    meta2 = second.get_asset_materialization_events()[0].materialization.metadata
+    assert meta2["mode"].value == "fine_tune"
+    assert meta2["parent_version_id"].value == v1
+    assert "champion_prequential_score" in meta2  # the champion was scored on H3 before any training on it
+    assert meta2["replay_hours"].value == [H[1], H[2]]
+    with connect(url) as conn:
+        v2 = registry.get_version(conn, meta2["version_id"].value)
+        assert v2.kind == "fine_tune" and v2.parent_id == v1 and v2.target_hour == H[3]
+        expected_champion = v2.id if v2.status == "promoted" else v1
+        assert registry.alias(conn).id == expected_champion
+        assert v2.decision_reason.startswith(("promote", "keep champion"))
+        roles = {
+            (r[0], r[1])
+            for r in conn.execute(
+                "SELECT role, scope FROM model_evaluations WHERE partition_key = %s", (H[3],)
+            )
+        }
+        assert roles == {
+            ("champion", "full_hour"),
+            ("champion", "holdout"),
+            ("challenger", "holdout"),
+            ("ridge", "holdout"),
+            ("persistence", "holdout"),
+        }
+
+    # The same hour is never fine-tuned twice.
+    again = _train(res, instance, mode="fine_tune", hours=[H[3]])
+    assert not again.success
+    failure = next(e for e in again.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "nothing to train on" in failure.step_failure_data.error.message
+
+
+def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:
+    url, res, _ = platform
+    sensor_resources = {k: res[k] for k in ("postgres", "market", "windows")}
+    result = raw_ticks_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
+    # The newest tick is just before 04:00; with 120 s grace hour 03:00 is not complete yet.
+    with connect(url) as conn:
+        newest = conn.execute("SELECT max(time) FROM raw_ticks").fetchone()[0]
+    assert newest_complete_hour(newest, 120) == hour(H[2])
+    hourly = [r for r in result.run_requests if r.job_name == "hourly_assets_job"]
+    assert len(hourly) == 1 and hourly[0].tags["dagster/asset_partition_range_start"] == H[0]
+    assert hourly[0].tags["dagster/asset_partition_range_end"] == H[2]
+    tunes = [r for r in result.run_requests if r.job_name == "fine_tune_job"]
+    # H0 is a cold start (no valid windows): passed over; H1 and H2 have windows and go into one run.
+    assert len(tunes) == 1
+    assert tunes[0].run_config["ops"]["price_model"]["config"]["hours"] == [H[1], H[2]]
+    assert tunes[0].run_key == f"finetune:{H[1]}..{H[2]}"
+    cursor = SensorCursor.parse(result.cursor)
+    assert cursor.requested_through == H[2] and cursor.fine_tuned_through == H[2]
+
+    # Nothing new: a skip with the reason, never the same request twice.
+    again = raw_ticks_sensor(
+        dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=sensor_resources)
+    )
+    assert not again.run_requests and "nothing new" in again.skip_reason.skip_message
+
+    # A new tick past 04:02 completes hour 03:00: the chain for H3, and (its windows being materialised) a
+    # fine-tune on H3.
+    with connect(url) as conn:
+        conn.execute(
+            "INSERT INTO raw_ticks SELECT product_id, time + interval '5 minutes', price, volume_24_h, low_24_h, "
+            "high_24_h, low_52_w, high_52_w, price_percent_chg_24_h, best_bid, best_ask, now(), source, -1, -1 "
+            "FROM raw_ticks WHERE time = (SELECT max(time) FROM raw_ticks)"
+        )
+    third = raw_ticks_sensor(
+        dg.build_sensor_context(instance=instance, cursor=again.cursor, resources=sensor_resources)
+    )
+    jobs = {r.job_name: r for r in third.run_requests}
+    assert jobs["hourly_assets_job"].partition_key == H[3]
+    assert jobs["fine_tune_job"].run_config["ops"]["price_model"]["config"]["hours"] == [H[3]]
+
+
+def test_empty_table_skips_with_reason(make_database, instance) -> None:
+    url = make_database()
+    res = resources(url, Path("/nonexistent"))
+    ctx = dg.build_sensor_context(
+        instance=instance, resources={k: res[k] for k in ("postgres", "market", "windows")}
+    )
+    assert "raw_ticks is empty" in raw_ticks_sensor(ctx).skip_message
+
+
+def test_newest_complete_hour_uses_the_grace_period() -> None:
+    t = hour(H[1]) + timedelta(seconds=119)
+    assert newest_complete_hour(t, 120) == hour(H[0]) - HOUR
+    assert newest_complete_hour(t + timedelta(seconds=1), 120) == hour(H[0])
