@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Callable
 
 from cb_assets.feed.cli import register as _register_feed
+from cb_assets.model.cli import register as _register_predict
 from cb_assets.stack.cli import register as _register_up
 from cb_assets.stream.cli import register as _register_sink
 
@@ -16,4 +17,5 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_up,
     _register_feed,
     _register_sink,
+    _register_predict,
 ]
