@@ -27,6 +27,22 @@ from cb_assets.stack.procs import free_port, terminate_tree, wait_for_port
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+# Read before any test imports `cb_assets.definitions`, which exports the computed local defaults as CB_*
+# variables into this process (what Dagster processes need, but it must not change which servers tests use).
+_EXTERNAL_DATABASE_URL = os.environ.get("CB_DATABASE_URL", "").strip()
+_EXTERNAL_KAFKA = os.environ.get("CB_KAFKA_BOOTSTRAP", "").strip()
+_PLATFORM_ENV = {k: v for k, v in os.environ.items() if k.startswith(("CB_", "DAGSTER_"))}
+
+
+@pytest.fixture(autouse=True)
+def _platform_env_isolated() -> Iterator[None]:
+    """Undo CB_*/DAGSTER_* changes a test (or an import) made, so subprocesses of later tests inherit none."""
+    yield
+    for key in [k for k in os.environ if k.startswith(("CB_", "DAGSTER_"))]:
+        if key not in _PLATFORM_ENV:
+            del os.environ[key]
+    os.environ.update(_PLATFORM_ENV)
+
 
 def shared_data(relative: str) -> Path:
     """A file of the recorded market data beside the checkout; skip the test with the reason when absent."""
@@ -39,7 +55,7 @@ def shared_data(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """A server-level URL (…/postgres) on which tests may create databases."""
-    external = os.environ.get("CB_DATABASE_URL", "").strip()
+    external = _EXTERNAL_DATABASE_URL
     if external:
         url = with_database(external, "postgres")
         wait_for_postgres(url, timeout_s=30)
@@ -84,7 +100,7 @@ def database_url(make_database: Callable[..., str]) -> str:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    external = os.environ.get("CB_KAFKA_BOOTSTRAP", "").strip()
+    external = _EXTERNAL_KAFKA
     if external:
         yield external
         return

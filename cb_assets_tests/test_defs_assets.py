@@ -4,6 +4,7 @@ bad data. One simulated market is materialised once per module and compared agai
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -224,14 +225,24 @@ def test_bad_hour_is_flagged_and_the_others_materialise(
 def test_schedule_requests_the_newest_complete_hour(in_order, instance) -> None:
     from cb_assets.defs.schedules import hourly_assets_schedule
 
-    ctx = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=hour(H2) + HOUR + pd.Timedelta(minutes=5)
-    )
-    assert isinstance(hourly_assets_schedule(ctx), dg.SkipReason)  # H2 already has training windows
-    ctx = dg.build_schedule_context(
-        instance=instance, scheduled_execution_time=hour(H2) + 2 * HOUR + pd.Timedelta(minutes=5)
-    )
-    request = hourly_assets_schedule(ctx)
+    url, res = in_order
+
+    def tick(at: datetime) -> dg.RunRequest | dg.SkipReason:
+        ctx = dg.build_schedule_context(instance=instance, scheduled_execution_time=at)
+        return hourly_assets_schedule(ctx, postgres=res["postgres"], market=res["market"])
+
+    skipped = tick(hour(H1) + HOUR + pd.Timedelta(minutes=5))
+    assert isinstance(skipped, dg.SkipReason) and "already materialised" in skipped.skip_message
+    # The data ends at 03:00; hour 03:00 is not complete in the data, whatever the wall clock says.
+    partial = tick(hour(H2) + 2 * HOUR + pd.Timedelta(minutes=5))
+    assert isinstance(partial, dg.SkipReason) and "not complete in the data" in partial.skip_message
+    with connect(url) as conn:  # a tick well past 03:00 + grace completes it
+        conn.execute(
+            "INSERT INTO raw_ticks (product_id, time, price, volume_24_h, low_24_h, high_24_h, low_52_w, high_52_w, "
+            "price_percent_chg_24_h, source) VALUES ('BTC-USD', %s, 1, 1, 1, 1, 1, 1, 0, 'test')",
+            (hour(H2) + 2 * HOUR + pd.Timedelta(minutes=3),),
+        )
+    request = tick(hour(H2) + 2 * HOUR + pd.Timedelta(minutes=5))
     assert isinstance(request, dg.RunRequest) and request.partition_key == key_of(hour(H2) + HOUR)
 
 

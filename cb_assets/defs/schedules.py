@@ -1,7 +1,8 @@
 """The hourly schedule: a wall-clock backstop for the data-driven `raw_ticks_sensor`.
 
-At minute 5 (past the default grace for late ticks) it requests the hour that just ended, unless that hour's
-training windows already exist or a run for it is queued or running (the sensor usually got there first).
+At minute 5 it requests the hour that just ended, unless the data does not show that hour complete yet (the
+newest tick is not past its end plus the grace period: computing it now would freeze a partial hour), its
+training windows already exist, or a run for it is queued or running (the sensor usually got there first).
 """
 
 from datetime import timedelta
@@ -10,6 +11,7 @@ import dagster as dg
 
 from cb_assets.defs.jobs import hourly_assets_job
 from cb_assets.defs.partitions import partition_key
+from cb_assets.defs.resources import MarketResource, PostgresResource
 from cb_assets.defs.training_windows import TRAINING_WINDOWS
 
 _ACTIVE = [
@@ -27,10 +29,16 @@ _ACTIVE = [
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Materialise the newest complete hour (raw_ticks -> training_windows) if the sensor has not.",
 )
-def hourly_assets_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+def hourly_assets_schedule(
+    context: dg.ScheduleEvaluationContext, postgres: PostgresResource, market: MarketResource
+) -> dg.RunRequest | dg.SkipReason:
     scheduled = context.scheduled_execution_time
     hour = scheduled.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     key = partition_key(hour)
+    with postgres.connection() as conn:
+        newest = conn.execute("SELECT max(time) FROM raw_ticks").fetchone()[0]
+    if newest is None or newest < hour + timedelta(hours=1, seconds=market.hour_grace_s):
+        return dg.SkipReason(f"{key} is not complete in the data yet (newest tick {newest})")
     instance = context.instance
     done = instance.get_materialized_partitions(TRAINING_WINDOWS)
     if key in done:
