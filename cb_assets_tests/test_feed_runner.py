@@ -22,8 +22,13 @@ class ListProducer:
         self.messages: list[dict[str, Any]] = []
         self.polls = 0
 
+        self.rejected: list[tuple[str, str]] = []
+
     async def produce_async(self, message: Mapping[str, Any]) -> None:
         self.messages.append(dict(message))
+
+    async def produce_rejected_async(self, payload: str | bytes, reason: str) -> None:
+        self.rejected.append((payload if isinstance(payload, str) else payload.decode(), reason))
 
     def poll(self, timeout_s: float = 0.0) -> int:
         self.polls += 1
@@ -94,6 +99,22 @@ def test_bare_iterator_gets_the_runners_own_sequence_checks() -> None:
     assert out.messages[0]["time"] == "2024-05-01T10:00:00.000000001Z"
     assert [(g.from_seq, g.to_seq) for g in gaps] == [(1, 4)]
     assert (counters.frames, counters.parse_errors, counters.ignored, counters.gaps) == (5, 1, 1, 1)
+    # The unparseable frame is dead-lettered with its reason and original text, not dropped.
+    assert counters.dead_lettered == 1
+    assert out.rejected[0][0] == "garbage" and "unparseable frame" in out.rejected[0][1]
+
+
+def test_a_bad_ticker_is_dead_lettered_and_the_good_ones_go_on() -> None:
+    async def frames() -> AsyncIterator[str]:
+        bad = dict(_ticker("2.0"), price="abc")
+        yield build_envelope(
+            "ticker_batch", "2024-05-01T10:00:00Z", 0, [{"type": "update", "tickers": [_ticker("1.0"), bad]}]
+        )
+
+    out = ListProducer()
+    counters = asyncio.run(run_feed(frames(), out, source_kind="replay", connection_id="f"))
+    assert [m["price"] for m in out.messages] == ["1.0"]
+    assert counters.dead_lettered == 1 and "price='abc'" in out.rejected[0][1]
 
 
 def test_max_frames_and_no_producer(tmp_path: Path) -> None:

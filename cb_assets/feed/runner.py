@@ -35,6 +35,8 @@ class MessageSink(Protocol):
 
     async def produce_async(self, message: Mapping[str, Any]) -> None: ...
 
+    async def produce_rejected_async(self, payload: str | bytes, reason: str) -> None: ...
+
     def poll(self, timeout_s: float = 0.0) -> int: ...
 
 
@@ -47,6 +49,7 @@ class RunnerCounters:
     ignored: int = 0  # heartbeats, acks, errors, unknown frames: nothing to produce
     recorded: int = 0
     gaps: int = 0  # found by the runner itself (sources that track sequences count their own)
+    dead_lettered: int = 0  # frames handed to the dead-letter path (unparseable, or with bad tickers)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -115,6 +118,7 @@ async def run_feed(
                 counters.recorded += 1
             last = getattr(source, "last_parsed", None)
             frame: AnyFrame | None
+            parse_error = ""
             if last is not None and last[0] is text:
                 frame = last[1]  # the source parsed it already
             else:
@@ -122,9 +126,18 @@ async def run_feed(
                     frame = parse_frame(text)
                 except ProtocolError as e:
                     log.debug("unparseable frame: %s", e)
+                    parse_error = str(e)
                     frame = None
+            if frame is None and not parse_error:
+                try:  # the source could not parse it either: get the reason for the dead-letter row
+                    parse_frame(text)
+                except ProtocolError as e:
+                    parse_error = str(e)
             if frame is None:
                 counters.parse_errors += 1
+                if producer is not None:
+                    await producer.produce_rejected_async(text, f"unparseable frame: {parse_error}")
+                    counters.dead_lettered += 1
             else:
                 conn = getattr(source, "connection_id", None) or connection_id or ""
                 seq = frame_sequence(frame)
@@ -141,6 +154,12 @@ async def run_feed(
                         for msg in tickers(frame, source=kind, connection_id=conn):
                             await producer.produce_async(msg)
                             counters.produced += 1
+                        if frame.rejected:  # the good tickers went on; the frame is kept for the bad ones
+                            reasons = "; ".join(frame.rejected)
+                            await producer.produce_rejected_async(
+                                text, f"{len(frame.rejected)} bad tickers: {reasons}"
+                            )
+                            counters.dead_lettered += 1
                 else:
                     counters.ignored += 1
             if max_frames is not None and counters.frames >= max_frames:

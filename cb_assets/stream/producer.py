@@ -27,6 +27,8 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from cb_assets.stream.dead_letter import DEAD_LETTER_KEY
+
 log = logging.getLogger(__name__)
 # librdkafka's own log lines go through `logging` instead of raw stderr.
 _RDKAFKA_LOG = logging.getLogger("cb_assets.stream.librdkafka")
@@ -51,6 +53,7 @@ class ProducerCounters:
     bytes_produced: int = 0
     client_errors: int = 0  # broker-level errors (connection refused, all brokers down...)
     compression_downgrades: int = 0
+    dead_lettered: int = 0  # frames sent to the dead-letter path (produce_rejected_async)
 
     @property
     def in_flight(self) -> int:
@@ -257,6 +260,19 @@ class TickProducer:
                     raise ProducerFullError(f"Kafka buffer full for {timeout_s:.1f}s; message not queued")
         finally:
             self.counters.blocked_s += time.monotonic() - t0
+
+    async def produce_rejected_async(self, payload: str | bytes, reason: str) -> None:
+        """Dead-letter a frame the feed could not turn into tickers: the sink stores it in raw_ticks_rejected
+        with the reason and the original text, so bad input is recorded, never silently dropped."""
+        if self._closed:
+            raise RuntimeError("producer is closed")
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+        value = orjson.dumps({"reason": reason, "payload": text, "rejected_by": "feed"})
+        while not self._try_produce(DEAD_LETTER_KEY, value):
+            self.counters.buffer_full += 1
+            self.poll(0)
+            await asyncio.sleep(self._wait_poll_s)
+        self.counters.dead_lettered += 1
 
     def __len__(self) -> int:
         """Messages librdkafka still holds (queued, in flight, or with an unserved delivery report)."""
