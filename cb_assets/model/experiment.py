@@ -1,0 +1,248 @@
+"""Whole-chain experiments in memory: ticks -> filled series -> indicators -> training windows -> an initial
+training -> a held-out report. No database and no Dagster, so tests and benchmarks can run the chain on
+simulated or recorded ticks in seconds.
+
+Every step is the pure function the corresponding asset applies:
+- `filled_series`: `fill_product_hour` (ticks of the hour and the one before);
+- `indicators`: `compute_indicators` on the filtered columns of the previous and the current hour, rows of
+  a cold-start hour (filter fitted on itself) marked not warm. This is `defs.indicators.indicators_for_hour`
+  product by product (importing it would import Dagster); test_model_learning_e2e checks that the two agree;
+- `training_windows`: `build_window_set` on the indicator and observed-price rows of two hours, as
+  `defs.training_windows.windows_for_hour` calls it;
+- training and evaluation: `pipeline.train_initial` and `pipeline.score`.
+
+Products are handled one at a time up to the windows, and a product's series can be kept in a cache keyed
+by its ticks, so two markets that differ in one product only (e.g. with and without a planted signal) fill
+the others once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cb_assets.model.baselines import RidgeBaseline
+from cb_assets.model.evaluate import ALL, EvaluationReport, evaluate, metrics_markdown
+from cb_assets.model.pipeline import Outcome, TrainSettings, products_of, split_holdout, train_initial
+from cb_assets.series.fill import fill_product_hour
+from cb_assets.series.indicators import compute_indicators
+from cb_assets.series.schema import HORIZONS_S, HOUR_S, SECOND_NS, SERIES_COLUMNS
+from cb_assets.series.windows import WindowSet, build_window_set
+
+HOUR_NS = HOUR_S * SECOND_NS
+_FILTERED = [f"{c}_filtered" for c in SERIES_COLUMNS]
+
+Ticks = tuple[np.ndarray, np.ndarray]  # (times_ns (n,) int64, values (n, len(SERIES_COLUMNS)))
+
+
+@dataclass(frozen=True)
+class ProductSeries:
+    """One product's derived rows over consecutive hours (all frames indexed by UTC seconds)."""
+
+    product: str
+    hours_ns: tuple[int, ...]
+    filled: pd.DataFrame  # fill_product_hour frames of every hour, concatenated
+    indicators: pd.DataFrame  # compute_indicators output (features + warm) of every hour
+
+    @property
+    def observed_price(self) -> pd.Series:
+        """The observed price per second (NaN where no tick): what labels are computed from."""
+        return self.filled["price"]
+
+
+def _digest(product: str, times_ns: np.ndarray, values: np.ndarray, hours_ns: Sequence[int]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(product.encode())
+    h.update(np.asarray(hours_ns, np.int64).tobytes())
+    h.update(np.ascontiguousarray(times_ns, np.int64).tobytes())
+    h.update(np.ascontiguousarray(values, np.float64).tobytes())
+    return h.hexdigest()
+
+
+def product_series(
+    product: str, times_ns: np.ndarray, values: np.ndarray, hours_ns: Sequence[int]
+) -> ProductSeries:
+    """Fill and compute the indicators of `product` for each hour start in `hours_ns` (consecutive).
+
+    Hour H's indicators use the filled rows of H - 1 h and H (like the asset); for the first hour the
+    previous one is absent, as in a database where it was never materialised, so its rows are not warm.
+    """
+    hours = tuple(int(h) for h in hours_ns)
+    if any(b - a != HOUR_NS for a, b in itertools.pairwise(hours)):
+        raise ValueError("hours_ns must be consecutive hour starts")
+    filled = [fill_product_hour(product, times_ns, values, h).frame for h in hours]
+    parts = []
+    for k, h in enumerate(hours):
+        two = pd.concat([filled[k - 1], filled[k]]) if k else filled[k]
+        index = pd.date_range(pd.Timestamp(h - HOUR_NS, unit="ns", tz="UTC"), periods=2 * HOUR_S, freq="s")
+        f = two.reindex(index)
+        filtered = f[_FILTERED].set_axis(list(SERIES_COLUMNS), axis=1).astype(float)
+        ind = compute_indicators(filtered, f["price"].astype(float)).iloc[HOUR_S:]
+        # A cold-start hour's filter used parameters fitted on itself: keep it out of training data.
+        causal = f["causal"].iloc[HOUR_S:].eq(True).to_numpy()
+        ind["warm"] = ind["warm"].to_numpy() & causal
+        parts.append(ind)
+    return ProductSeries(product, hours, pd.concat(filled), pd.concat(parts))
+
+
+def series_for(
+    ticks: Mapping[str, Ticks],
+    products: Sequence[str],
+    hours_ns: Sequence[int],
+    cache: MutableMapping[str, ProductSeries] | None = None,
+) -> dict[str, ProductSeries]:
+    """`product_series` of every product, reusing `cache` entries computed from identical ticks."""
+    out = {}
+    for p in products:
+        times_ns, values = ticks[p]
+        key = _digest(p, times_ns, values, hours_ns)
+        if cache is not None and key in cache:
+            out[p] = cache[key]
+            continue
+        out[p] = product_series(p, times_ns, values, hours_ns)
+        if cache is not None:
+            cache[key] = out[p]
+    return out
+
+
+def window_sets(
+    series: Mapping[str, ProductSeries], products: Sequence[str], hours_ns: Sequence[int]
+) -> list[WindowSet]:
+    """The training_windows partition of each hour in `hours_ns` (each needs the series of the hour before)."""
+    out = []
+    for h in hours_ns:
+        start = pd.Timestamp(int(h) - HOUR_NS, unit="ns", tz="UTC")
+        end = pd.Timestamp(int(h) + HOUR_NS, unit="ns", tz="UTC")
+        feats = {p: series[p].indicators.loc[start : end - pd.Timedelta(1, "s")] for p in products}
+        prices = {p: series[p].observed_price.loc[start : end - pd.Timedelta(1, "s")] for p in products}
+        out.append(build_window_set(feats, prices, list(products), pd.Timestamp(int(h), unit="ns", tz="UTC")))
+    return out
+
+
+def last_value_at(series: pd.Series, query_ns: np.ndarray) -> np.ndarray:
+    """The last finite value of `series` at or before each query time (NaN before the first)."""
+    s = series[np.isfinite(series.to_numpy(dtype=np.float64))]
+    times = s.index.as_unit("ns").asi8
+    pos = np.searchsorted(times, np.asarray(query_ns, np.int64), side="right") - 1
+    vals = s.to_numpy(dtype=np.float64)
+    return np.where(pos >= 0, vals[np.maximum(pos, 0)] if vals.size else np.nan, np.nan)
+
+
+def lead_lag_forecast(
+    leader_price: pd.Series, anchor_times_ns: np.ndarray, horizon_s: int, beta: float
+) -> np.ndarray:
+    """beta x the leader's OBSERVED log return over the last `horizon_s` seconds, at each anchor: the
+    planted rule applied to what the model can see, in the units of the labels (last observed prices)."""
+    now = np.log(last_value_at(leader_price, anchor_times_ns))
+    before = np.log(last_value_at(leader_price, np.asarray(anchor_times_ns) - horizon_s * SECOND_NS))
+    return beta * (now - before)
+
+
+@dataclass
+class Pooled:
+    """Valid windows of several sets pooled: their labels, anchor times and (per model) forecasts."""
+
+    labels: np.ndarray  # (n, n_outputs) float64
+    anchor_times_ns: np.ndarray  # (n,)
+    products: list[str]
+
+
+def pool(sets: Sequence[WindowSet]) -> Pooled:
+    labels = np.concatenate([np.asarray(s.labels[s.valid], np.float64) for s in sets])
+    times = np.concatenate([s.anchor_times_ns[s.valid] for s in sets])
+    return Pooled(labels, times, products_of(sets[0]))
+
+
+def forecasts(model: object, sets: Sequence[WindowSet]) -> np.ndarray:
+    """The model's forecasts on the valid windows of `sets`, in `pool` order (batches copied from views)."""
+    from cb_assets.model.network import predict_returns
+
+    parts = []
+    for s in sets:
+        idx = np.flatnonzero(s.valid)
+        views = s.views()
+        out = np.empty((len(idx), s.labels.shape[1]), dtype=np.float32)
+        for i in range(0, len(idx), 256):
+            out[i : i + 256] = predict_returns(model, np.ascontiguousarray(views[idx[i : i + 256]]))
+        parts.append(out)
+    return np.concatenate(parts)
+
+
+@dataclass
+class ExperimentResult:
+    outcome: Outcome  # train_initial's own result (its holdout = the newest hour's tail)
+    reports: dict[str, EvaluationReport]  # challenger, ridge, persistence on the pooled held-out windows
+    heldout: Pooled
+    predictions: dict[str, np.ndarray]  # challenger and ridge forecasts on `heldout`
+    n_train_windows: int
+    n_heldout_windows: int
+
+
+def run_initial(
+    train_sets: Sequence[WindowSet], later_sets: Sequence[WindowSet], settings: TrainSettings
+) -> ExperimentResult:
+    """`train_initial` on `train_sets` (the last is the newest hour, split with an embargo), then the
+    challenger, ridge and persistence scored on the newest hour's held-out tail plus every set of
+    `later_sets` (hours after it that nothing was trained on)."""
+    *older, newest = train_sets
+    outcome = train_initial(older, newest, settings)
+    head, tail = split_holdout(newest)
+    fit_on = [s for s in (*older, head) if s.valid.any()]
+    heldout_sets = [s for s in (tail, *later_sets) if s.valid.any()]
+    held = pool(heldout_sets)
+    ridge = RidgeBaseline.fit(fit_on)
+    preds = {
+        "challenger": forecasts(outcome.model, heldout_sets),
+        "ridge": np.concatenate([ridge.predict(s)[s.valid] for s in heldout_sets]).astype(np.float32),
+    }
+    reports = {name: evaluate(held.labels, p, held.products) for name, p in preds.items()}
+    reports["persistence"] = evaluate(held.labels, np.zeros_like(held.labels), held.products)
+    order = {"challenger": 0, "ridge": 1, "persistence": 2}
+    return ExperimentResult(
+        outcome=outcome,
+        reports=dict(sorted(reports.items(), key=lambda kv: order[kv[0]])),
+        heldout=held,
+        predictions=preds,
+        n_train_windows=outcome.n_train_windows,
+        n_heldout_windows=len(held.labels),
+    )
+
+
+def skill_table(reports: Mapping[str, EvaluationReport], horizons: Sequence[int] = HORIZONS_S) -> str:
+    """Skill of each model side by side, per product and horizon, then the per-horizon and overall means."""
+    names = list(reports)
+    first = next(iter(reports.values()))
+    keys = [(r.product, r.horizon_s) for r in first.rows] + [(ALL, h) for h in horizons] + [(ALL, None)]
+    lines = [
+        "| product | horizon | "
+        + " | ".join(f"skill {n}" for n in names)
+        + " | IC "
+        + " | IC ".join(names)
+        + " |",
+        "|---|---:|" + "---:|" * (2 * len(names)),
+    ]
+    for product, h in keys:
+        rows = [reports[n].row(product, h) for n in names]
+        cells = [f"{r.skill:.4f}" for r in rows] + [f"{r.ic:.3f}" for r in rows]
+        lines.append(f"| {product} | {'all' if h is None else f'{h} s'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(result: ExperimentResult, title: str = "held-out evaluation") -> str:
+    """The comparison table, then the full metrics of every model (errors in basis points)."""
+    t = result.heldout.anchor_times_ns
+    when = f"{pd.Timestamp(int(t.min()), unit='ns', tz='UTC')} .. {pd.Timestamp(int(t.max()), unit='ns', tz='UTC')}"
+    parts = [
+        f"## {title}",
+        f"{result.n_train_windows} training windows; {result.n_heldout_windows} held-out windows ({when})",
+        "",
+        skill_table(result.reports),
+    ]
+    for name, rep in result.reports.items():
+        parts += ["", f"### {name}", metrics_markdown(rep)]
+    return "\n".join(parts)
