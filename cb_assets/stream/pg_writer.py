@@ -1,8 +1,13 @@
-"""Writing a batch of ticks to PostgreSQL in one transaction: binary COPY into staging, then an upsert.
+"""Writing a batch of ticks to PostgreSQL in one transaction: binary COPY, with an upsert for redeliveries.
 
-COPY is the only fast way in from Python (binary, because text COPY is bound by float formatting); the
-staging table lets `INSERT ... ON CONFLICT (product_id, time) DO NOTHING` make redelivered messages harmless,
-which is what allows the sink to commit Kafka offsets only after this transaction has committed.
+COPY is the only fast way in from Python (binary, because text COPY is bound by float formatting). A batch
+is first copied straight into raw_ticks: nearly every batch holds only new ticks, and a COPY into the table
+inserts its rows many at a time, where `INSERT ... SELECT ... ON CONFLICT` inserts and checks row by row.
+When any tick is already there (a redelivered batch, a replay) the primary key refuses the COPY, the
+transaction is rolled back, and the batch is written again through the staging table and
+`INSERT ... ON CONFLICT (product_id, time) DO NOTHING`, which skips the rows already stored. Either way
+redelivered messages are harmless, which is what allows the sink to commit Kafka offsets only after this
+transaction has committed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ CREATE TEMP TABLE IF NOT EXISTS raw_ticks_staging (
     source text, kafka_partition int4, kafka_offset int8
 ) ON COMMIT DELETE ROWS
 """
+_COPY_RAW = f"COPY raw_ticks ({_COLS}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGING = f"COPY raw_ticks_staging ({_COLS}) FROM STDIN (FORMAT BINARY)"
 _UPSERT = f"INSERT INTO raw_ticks ({_COLS}) SELECT {_COLS} FROM raw_ticks_staging ON CONFLICT (product_id, time) DO NOTHING"
 _REJECT = """
 INSERT INTO raw_ticks_rejected
@@ -76,19 +83,47 @@ class WriteResult:
 class TickWriter:
     """Owns one connection; `write` is all-or-nothing."""
 
+    # After a batch turned out to hold stored ticks, this many batches go straight to the upsert: a replay
+    # of stored data then does not pay for a refused COPY every time, and new data soon gets the fast path back.
+    UPSERT_AFTER_CONFLICT = 16
+
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
+        self._upsert_next = 0
         with conn.transaction():
             conn.execute(_CREATE_STAGING)
 
+    @staticmethod
+    def _copy(cur: psycopg.Cursor, statement: str, rows: Sequence[TickRow]) -> None:
+        with cur.copy(statement) as copy:
+            copy.set_types(_TYPES)
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+
     def write(self, rows: Sequence[TickRow], rejected: Sequence[RejectedMessage] = ()) -> WriteResult:
+        if rows and self._upsert_next == 0:
+            try:
+                return self._write(rows, rejected, direct=True)
+            except psycopg.errors.UniqueViolation:
+                # The whole transaction was rolled back (it holds only this batch): write it again with the
+                # upsert. Retrying the transaction rather than using a savepoint spares two round trips per
+                # batch, each of which waits for the GIL while the sink's main thread is parsing.
+                self._upsert_next = self.UPSERT_AFTER_CONFLICT
+        elif rows:
+            self._upsert_next -= 1
+        return self._write(rows, rejected, direct=False)
+
+    def _write(
+        self, rows: Sequence[TickRow], rejected: Sequence[RejectedMessage], *, direct: bool
+    ) -> WriteResult:
         inserted = 0
         with self.conn.transaction(), self.conn.cursor() as cur:
-            if rows:
-                with cur.copy(f"COPY raw_ticks_staging ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(_TYPES)
-                    for row in rows:
-                        copy.write_row(row)
+            if rows and direct:
+                self._copy(cur, _COPY_RAW, rows)
+                inserted = len(rows)
+            elif rows:
+                self._copy(cur, _COPY_STAGING, rows)
                 cur.execute(_UPSERT)
                 inserted = cur.rowcount
             if rejected:

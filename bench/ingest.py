@@ -1,0 +1,505 @@
+"""Speed of the Kafka -> PostgreSQL sink: throughput against the naive writer, and commit latency under load.
+
+Run: `python bench/ingest.py [--ticks N] [--rate R] [--latency-seconds S]` (a few minutes on 2 cores).
+Targets on 2 CPU cores:
+- the sink (`Sink`, binary COPY) ingests >= 100,000 ticks/s and >= 1.5x the naive sink (the same `Sink` with
+  `naive=True`: executemany INSERT per batch), both measured in this run over the same topic;
+- at a fixed offered load (default 2,000 ticks/s, produced in real time while the sink runs), p99 of
+  "offsets committed" minus "message produced" is <= 1 s.
+
+Services: CB_DATABASE_URL / CB_KAFKA_BOOTSTRAP when set (fresh databases and topics are created there and
+the databases dropped at the end), else an embedded PostgreSQL and the bundled broker started here in
+temporary directories on free ports and stopped at the end.
+
+The N ticks are simulated (the 12 default products over as many hours as it takes; every tick a distinct
+(product, time) row), serialised and produced into a fresh 6-partition topic before anything is timed. Each
+sink run reads that topic from offset 0 with a consumer group of its own into a fresh migrated database,
+in this process, and is timed from its partition assignment until the commit of the batch holding the N-th
+tick. Joining the group is left out of the headline because the bundled broker holds every new group for a
+fixed ~3 s before assigning partitions, whatever the consumer does; the figure with it, and the one from the
+first commit to the last, are printed beside it. CPU time per tick (this process, and the embedded
+PostgreSQL) and the load average are printed too: the machine may be shared, and they show how much of a
+slow run is the sink's own cost. The script prints figures and PASS/FAIL against the targets; it never
+asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import psutil
+from confluent_kafka import Producer
+
+from cb_assets.config import DEFAULT_PRODUCTS
+from cb_assets.db.connection import connect, drop_database, ensure_database, wait_for_postgres, with_database
+from cb_assets.db.migrate import migrate
+from cb_assets.feed.protocol import parse_rfc3339_ns
+from cb_assets.feed.simulate import simulate_ticks
+from cb_assets.series.schema import HOUR_S
+from cb_assets.stack.broker import broker_binary, broker_command
+from cb_assets.stack.postgres import EmbeddedPostgres
+from cb_assets.stack.procs import free_port, terminate_tree, wait_for_port
+from cb_assets.stream.producer import TickProducer, ensure_topic
+from cb_assets.stream.sink import CommittedBatch, Sink, SinkConfig
+
+# Far enough in the past that 100+ simulated hours never reach "now" (the sink refuses future ticks).
+START = parse_rfc3339_ns("2024-05-01T00:00:00Z")
+PARTITIONS = 6
+THROUGHPUT_TARGET = 100_000.0
+RATIO_TARGET = 1.5
+P99_TARGET_S = 1.0
+
+
+# -- services --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    server_url: str  # …/postgres on the server where the bench creates its databases
+    bootstrap: str
+    postmaster: psutil.Process | None = None  # the embedded server's, to account its CPU time
+    databases: list[str] = field(default_factory=list)
+
+    def cpu_seconds(self) -> tuple[float, float | None]:
+        """CPU time used so far by this process (the sink's threads) and by the embedded PostgreSQL."""
+        me = psutil.Process().cpu_times()
+        pg: float | None = None
+        if self.postmaster is not None:
+            with contextlib.suppress(psutil.Error):
+                # Backends that exited are in the postmaster's children_* times, live ones are counted here.
+                t = self.postmaster.cpu_times()
+                pg = t.user + t.system + t.children_user + t.children_system
+                for child in self.postmaster.children():
+                    with contextlib.suppress(psutil.Error):
+                        c = child.cpu_times()
+                        pg += c.user + c.system
+        return me.user + me.system, pg
+
+    def fresh_database(self) -> str:
+        url = with_database(self.server_url, f"cb_bench_{uuid.uuid4().hex[:10]}")
+        ensure_database(url)
+        self.databases.append(url)
+        migrate(url)
+        return url
+
+
+@contextlib.contextmanager
+def services() -> Iterator[Services]:
+    with contextlib.ExitStack() as stack:
+        postmaster: psutil.Process | None = None
+        external_db = os.environ.get("CB_DATABASE_URL", "").strip()
+        if external_db:
+            server_url = with_database(external_db, "postgres")
+            print("PostgreSQL: CB_DATABASE_URL (fresh databases on that server)")
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix="cb-bench-pg-"))
+            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+            server = EmbeddedPostgres(tmp / "data", free_port(), tmp / "postgres.log")
+            server.start()
+            stack.callback(server.stop)
+            server_url = server.url_base + "/postgres"
+            print(f"PostgreSQL: embedded, started here on port {server.port}")
+            with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
+                postmaster = psutil.Process(int((tmp / "data" / "postmaster.pid").read_text().split()[0]))
+        wait_for_postgres(server_url, timeout_s=30)
+
+        bootstrap = os.environ.get("CB_KAFKA_BOOTSTRAP", "").strip()
+        if bootstrap:
+            print(f"Kafka: CB_KAFKA_BOOTSTRAP={bootstrap}")
+        else:
+            port = free_port()
+            broker_log = stack.enter_context(
+                tempfile.NamedTemporaryFile(prefix="cb-bench-broker-", suffix=".log")
+            )
+            proc = subprocess.Popen(
+                broker_command(broker_binary(), "127.0.0.1", port),
+                stdout=broker_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            stack.callback(terminate_tree, proc.pid)
+            wait_for_port("127.0.0.1", port, 20)
+            bootstrap = f"127.0.0.1:{port}"
+            print(f"Kafka: bundled broker, started here on port {port}")
+
+        svc = Services(server_url, bootstrap, postmaster)
+        try:
+            yield svc
+        finally:
+            for url in svc.databases:
+                with contextlib.suppress(Exception):
+                    drop_database(url)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+
+def build_messages(n: int, products: tuple[str, ...]) -> tuple[list[bytes], list[bytes], float]:
+    """(keys, values, simulated hours): the first n ticks of a simulated market, serialised once."""
+    probe = simulate_ticks(products, START, HOUR_S, seed=7)
+    per_hour = max(1, int(probe.emitted.sum()))
+    hours = math.ceil(n / per_hour * 1.05) + 1  # the tick rate wanders a little from hour to hour
+    while True:
+        sim = simulate_ticks(products, START, hours * HOUR_S, seed=7)
+        if int(sim.emitted.sum()) >= n:
+            break
+        hours += max(1, hours // 10)
+    keys: list[bytes] = []
+    values: list[bytes] = []
+    dumps = orjson.dumps
+    for msg in sim.messages(connection_id="bench"):
+        keys.append(msg["product_id"].encode())
+        values.append(dumps(msg))
+        if len(values) == n:
+            break
+    return keys, values, hours
+
+
+def produce_all(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> tuple[float, int]:
+    """Produce everything as fast as the broker takes it; return (msgs/s, failed deliveries)."""
+    failed = 0
+
+    def on_error(err: object, _msg: object) -> None:
+        nonlocal failed
+        failed += 1
+
+    # The production producer's codec and idempotence, with much larger batches: this is set-up, not the
+    # subject of the benchmark, and one Python call per message is already the bound.
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "compression.type": "zstd",
+            "linger.ms": 200,
+            "batch.num.messages": 100_000,
+            "batch.size": 8 * 1024 * 1024,
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 2 * 1024 * 1024,
+            # Delivery is accounted for without a Python callback per message: only failures call back.
+            "delivery.report.only.error": True,
+            "on_delivery": on_error,
+        }
+    )
+    produce, poll = producer.produce, producer.poll
+    t0 = time.perf_counter()
+    for key, value in zip(keys, values, strict=True):
+        while True:
+            try:
+                produce(topic, value, key)
+                break
+            except BufferError:
+                poll(0.05)
+    left = producer.flush(120)
+    elapsed = time.perf_counter() - t0
+    return len(values) / elapsed, failed + left
+
+
+def row_count(url: str) -> int:
+    with connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM raw_ticks").fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- throughput ------------------------------------------------------------------------------------------
+
+
+class _AssignmentClock(logging.Handler):
+    """When the sink logs its partition assignment: the group join is over and fetching starts."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.at: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.at is None and record.getMessage().startswith("assigned"):
+            self.at = time.perf_counter()
+
+
+@dataclass
+class SinkRun:
+    label: str
+    ticks: int
+    total_s: float  # run() called -> commit of the batch holding the last tick
+    join_s: float  # run() called -> partitions assigned (consumer group join, a broker matter)
+    steady_s: float  # first commit -> last commit
+    first_batch: int
+    batches: int
+    cpu_sink_s: float = 0.0  # this process (sink threads and librdkafka's) during the run
+    cpu_pg_s: float | None = None  # the embedded PostgreSQL during the run
+    load_before: float = 0.0  # 1-minute load average when the run started (the machine is shared)
+
+    @property
+    def rate(self) -> float:
+        """Ticks over the time from partition assignment to the last commit: the sink's own work."""
+        busy = self.total_s - self.join_s
+        return self.ticks / busy if busy > 0 else 0.0
+
+    @property
+    def total_rate(self) -> float:
+        return self.ticks / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def steady_rate(self) -> float:
+        return (self.ticks - self.first_batch) / self.steady_s if self.steady_s > 0 else 0.0
+
+
+def run_sink(label: str, svc: Services, cfg: SinkConfig, n: int, timeout_s: float) -> SinkRun:
+    commits: list[tuple[float, int]] = []
+    done = 0
+    cpu1: tuple[float, float | None] = (0.0, None)
+
+    def on_commit(b: CommittedBatch) -> None:
+        nonlocal done, cpu1
+        commits.append((time.perf_counter(), len(b.message_timestamps_ms)))
+        done += len(b.message_timestamps_ms)
+        if done >= n:
+            # Sampled at the last commit, while the sink's server backend still runs (a backend that has
+            # exited but is not yet reaped by the postmaster would be counted nowhere).
+            cpu1 = svc.cpu_seconds()
+
+    stop = threading.Event()
+    watchdog = threading.Timer(timeout_s, stop.set)  # a broken run stops instead of hanging the bench
+    watchdog.start()
+    clock = _AssignmentClock()
+    sink_log = logging.getLogger("cb_assets.stream.sink")
+    sink_log.addHandler(clock)
+    level = sink_log.level
+    sink_log.setLevel(logging.INFO)  # the console handler still prints WARNING and up only
+    sink = Sink(cfg, on_commit=on_commit)
+    load = os.getloadavg()[0]
+    cpu0 = svc.cpu_seconds()
+    t0 = time.perf_counter()
+    try:
+        stats = sink.run(stop, max_messages=n)
+    finally:
+        watchdog.cancel()
+        sink_log.removeHandler(clock)
+        sink_log.setLevel(level)
+    if done < n:
+        cpu1 = svc.cpu_seconds()
+    if stop.is_set():
+        print(f"  WARNING: {label} hit the {timeout_s:.0f} s watchdog")
+    if not commits:
+        return SinkRun(label, 0, time.perf_counter() - t0, 0.0, 0.0, 0, 0)
+    return SinkRun(
+        label,
+        stats.consumed,
+        commits[-1][0] - t0,
+        (clock.at or t0) - t0,
+        commits[-1][0] - commits[0][0],
+        commits[0][1],
+        len(commits),
+        cpu1[0] - cpu0[0],
+        None if cpu0[1] is None or cpu1[1] is None else cpu1[1] - cpu0[1],
+        load,
+    )
+
+
+# -- latency ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Latency:
+    offered_rate: float
+    achieved_rate: float
+    sent: int
+    committed: int
+    seconds: np.ndarray  # one per committed message of the measured window
+
+
+def measure_latency(
+    svc: Services, products: tuple[str, ...], values: list[bytes], rate: float, duration_s: float
+) -> Latency:
+    """Offer `rate` ticks/s in real time through the production producer while the sink runs beside it."""
+    topic = f"cb-bench-lat-{uuid.uuid4().hex[:8]}"
+    ensure_topic(svc.bootstrap, topic, partitions=PARTITIONS)
+    url = svc.fresh_database()
+    n = int(rate * duration_s)
+    msgs = [orjson.loads(v) for v in values[: n + 1]]
+    lock = threading.Lock()
+    latencies: list[float] = []
+    committed = 0
+    measure_from_ms = math.inf
+
+    def on_commit(b: CommittedBatch) -> None:
+        nonlocal committed
+        at_ms = b.committed_at * 1000.0
+        with lock:
+            committed += len(b.message_timestamps_ms)
+            latencies.extend((at_ms - ts) / 1000.0 for ts in b.message_timestamps_ms if ts >= measure_from_ms)
+
+    # Everything else at the defaults `cb-assets sink` uses (batch size, batch timeout, consumer settings).
+    cfg = SinkConfig(
+        bootstrap=svc.bootstrap,
+        topic=topic,
+        database_url=url,
+        products=products,
+        group_id=f"bench-latency-{uuid.uuid4().hex[:6]}",
+    )
+    sink = Sink(cfg, on_commit=on_commit)
+    stop = threading.Event()
+    sink_thread = threading.Thread(target=sink.run, args=(stop,), name="sink", daemon=True)
+    sink_thread.start()
+    producer = TickProducer(svc.bootstrap, topic)
+    try:
+        # One warm-up tick, committed before the clock starts: joining the group is not steady-state latency.
+        producer.produce(msgs[0])
+        producer.flush(10)
+        deadline = time.monotonic() + 60
+        while committed < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        measure_from_ms = time.time() * 1000.0 - 1.0
+
+        t0 = time.perf_counter()
+        sent = 0
+        while sent < n:
+            due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+            while sent < due:
+                sent += 1
+                producer.produce(msgs[sent])
+            producer.poll(0)
+            time.sleep(0.001)
+        achieved = sent / (time.perf_counter() - t0)
+        producer.flush(30)
+        deadline = time.monotonic() + 30
+        while committed < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        producer.close(10)
+        stop.set()
+        sink_thread.join(60)
+    with lock:
+        return Latency(rate, achieved, n, committed - 1, np.asarray(latencies))
+
+
+# -- report ----------------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ticks", type=int, default=1_000_000, help="ticks for the throughput runs")
+    parser.add_argument("--rate", type=float, default=2_000.0, help="offered load for the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency run")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        # The sink's logger is raised to INFO during the throughput runs (see _AssignmentClock); keep the
+        # console to warnings.
+        handler.setLevel(logging.WARNING)
+    products = tuple(DEFAULT_PRODUCTS)
+    n = args.ticks
+
+    t = time.perf_counter()
+    keys, values, hours = build_messages(n, products)
+    print(
+        f"simulated {len(values):,} ticks ({len(products)} products, {hours} h) and serialised them "
+        f"in {time.perf_counter() - t:.1f} s"
+    )
+    if len(values) < n:
+        print(f"  WARNING: only {len(values):,} ticks; using that")
+        n = len(values)
+
+    with services() as svc:
+        topic = f"cb-bench-{uuid.uuid4().hex[:8]}"
+        ensure_topic(svc.bootstrap, topic, partitions=PARTITIONS)
+        produce_rate, undelivered = produce_all(svc.bootstrap, topic, keys, values)
+        print(
+            f"produced {n:,} ticks into {topic} ({PARTITIONS} partitions): {produce_rate:,.0f} msgs/s, "
+            f"{undelivered} not delivered"
+        )
+        del keys
+
+        timeout_s = 120 + n / 5_000
+        runs: list[SinkRun] = []
+        urls: list[str] = []
+        for label, naive in (("sink (binary COPY)", False), ("naive sink (executemany)", True)):
+            url = svc.fresh_database()
+            urls.append(url)
+            cfg = SinkConfig(
+                bootstrap=svc.bootstrap,
+                topic=topic,
+                database_url=url,
+                products=products,
+                group_id=f"bench-{'naive' if naive else 'sink'}-{uuid.uuid4().hex[:6]}",
+                naive=naive,
+            )
+            r = run_sink(label, svc, cfg, n, timeout_s)
+            runs.append(r)
+            pg_cpu = "" if r.cpu_pg_s is None else f", PostgreSQL {r.cpu_pg_s / n * 1e6:.1f} us"
+            print(
+                f"{label}: {r.ticks:,} ticks in {r.total_s - r.join_s:.2f} s from partition assignment to the "
+                f"last commit = {r.rate:,.0f} ticks/s\n"
+                f"  (group join {r.join_s:.2f} s; with it {r.total_rate:,.0f} ticks/s; first commit to last "
+                f"{r.steady_rate:,.0f} ticks/s; {r.batches} batches)\n"
+                f"  CPU per tick: sink process {r.cpu_sink_s / n * 1e6:.1f} us{pg_cpu}; "
+                f"1-min load average at start {r.load_before:.2f} on {os.cpu_count()} CPUs"
+            )
+        real, naive_run = runs
+        ratio = real.rate / naive_run.rate if naive_run.rate else math.inf
+        print(f"ratio sink / naive: {ratio:.2f}x")
+        counts = [row_count(u) for u in urls]
+        print(f"rows in raw_ticks: sink {counts[0]:,}, naive {counts[1]:,} (expected {n:,} each)")
+
+        need = int(args.rate * args.latency_seconds) + 1
+        lat_values = values if len(values) >= need else build_messages(need, products)[1]
+        lat = measure_latency(svc, products, lat_values, args.rate, args.latency_seconds)
+        s = lat.seconds
+        pct = np.percentile(s, [50, 90, 99]) if s.size else np.full(3, np.nan)
+        mx = float(s.max()) if s.size else math.nan
+        print(
+            f"latency at {lat.offered_rate:,.0f} ticks/s offered ({lat.achieved_rate:,.0f} achieved) for "
+            f"{args.latency_seconds:.0f} s: {lat.committed:,} of {lat.sent:,} committed; "
+            f"p50 {pct[0]:.3f} s, p90 {pct[1]:.3f} s, p99 {pct[2]:.3f} s, max {mx:.3f} s"
+        )
+
+    rows = [
+        (
+            "sink throughput",
+            f"{real.rate:,.0f} ticks/s",
+            f">= {THROUGHPUT_TARGET:,.0f} ticks/s",
+            real.rate >= THROUGHPUT_TARGET,
+        ),
+        ("naive sink throughput", f"{naive_run.rate:,.0f} ticks/s", "(baseline)", None),
+        ("sink / naive", f"{ratio:.2f}x", f">= {RATIO_TARGET}x", ratio >= RATIO_TARGET),
+        ("rows, sink database", f"{counts[0]:,}", f"= {n:,}", counts[0] == n),
+        ("rows, naive database", f"{counts[1]:,}", f"= {n:,}", counts[1] == n),
+        ("latency p50", f"{pct[0]:.3f} s", "", None),
+        ("latency p90", f"{pct[1]:.3f} s", "", None),
+        (
+            f"latency p99 @ {lat.offered_rate:,.0f}/s",
+            f"{pct[2]:.3f} s",
+            f"<= {P99_TARGET_S:.1f} s",
+            bool(pct[2] <= P99_TARGET_S) and lat.committed == lat.sent,
+        ),
+        ("latency max", f"{mx:.3f} s", "", None),
+        ("produce rate (set-up)", f"{produce_rate:,.0f} msgs/s", "", None),
+        ("load avg at sink run", f"{real.load_before:.2f}", f"({os.cpu_count()} CPUs)", None),
+    ]
+    print()
+    print(f"{'summary':<28} {'measured':>18}  {'target':<22} result")
+    for name, measured, target, ok in rows:
+        print(f"{name:<28} {measured:>18}  {target:<22} {'' if ok is None else verdict(ok)}")
+
+
+if __name__ == "__main__":
+    main()
