@@ -52,7 +52,12 @@ def materialize(
 
 
 def materialize_range(
-    names: Sequence[str], first: str, last: str, res: dict[str, object], instance: dg.DagsterInstance
+    names: Sequence[str],
+    first: str,
+    last: str,
+    res: dict[str, object],
+    instance: dg.DagsterInstance,
+    **kw: object,
 ) -> dg.ExecuteInProcessResult:
     """One run over a range of hours, as a single-run backfill launches it."""
     return dg.materialize(
@@ -60,6 +65,7 @@ def materialize_range(
         resources=res,
         instance=instance,
         tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+        **kw,
     )
 
 

@@ -253,3 +253,25 @@ def test_a_range_runs_as_one_run(make_database, market_rows, instance, tmp_path:
     assert result.success
     keys = {(e.asset_key.path[-1], e.partition) for e in result.get_asset_materialization_events()}
     assert keys == {(a, k) for a in ASSET_NAMES for k in HOURS}
+
+
+def test_a_range_run_records_its_good_hours_when_one_is_bad(
+    make_database, market_rows, instance, tmp_path
+) -> None:
+    """A single-run backfill over three hours with a bad middle hour: the good hours are recorded as
+    materialised (so a re-run of the failed partitions leaves them alone) and the run names the bad one."""
+    url = _fresh(make_database, market_rows)
+    with connect(url) as conn:
+        conn.execute(
+            "UPDATE raw_ticks SET low_24_h = high_24_h + 1 WHERE time = (SELECT min(time) FROM raw_ticks WHERE time >= %s)",
+            (hour(H1) + pd.Timedelta(minutes=3),),
+        )
+    res = resources(url, tmp_path)
+    result = materialize_range(["raw_ticks"], H0, H2, res, instance, raise_on_error=False)
+    assert not result.success
+    records = instance.fetch_materializations(dg.AssetKey("raw_ticks"), limit=100).records
+    recorded = {r.asset_materialization.partition for r in records if r.run_id == result.run_id}
+    assert recorded == {H0, H2}
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    message = failure.step_failure_data.user_failure_data.description
+    assert f"{H1}: low_24_h_not_above_high:" in message and "1 of 3 hours failed" in message

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cb_assets.db.series_store import read_raw_ticks, replace_hour_rows, replace_slice
+from cb_assets.defs.hour_outcomes import HourOutcomes
 from cb_assets.defs.partitions import (
     HOUR,
     hourly_partitions,
@@ -33,23 +34,31 @@ FILLED_TYPES = {
 }
 
 
-def _usable_raw(raw: pd.DataFrame, own_start, own_end, log) -> tuple[pd.DataFrame, int]:
-    """The partition's own hours must be clean (else the run fails with the reason); invalid rows in the
-    look-back hour are dropped with a warning, so one bad tick cannot fail the next hour too."""
-    own = raw[(raw["time"] >= own_start) & (raw["time"] < own_end)]
-    bad_own = {k: v for k, v in rule_failures(own, own_start, own_end).items() if not v.empty}
-    if bad_own:
-        detail = "; ".join(f"{k}: {len(v)} rows" for k, v in bad_own.items())
-        raise dg.Failure(
-            description=f"raw_ticks for these hours break the rules the filled series relies on ({detail}). "
-            "Fix or delete the rows in raw_ticks, then re-materialise.",
-            metadata={rule: len(rows) for rule, rows in bad_own.items()},
-        )
-    lookback = raw[raw["time"] < own_start]
-    bad_rows = pd.concat([v for v in rule_failures(lookback, lookback["time"].min(), own_start).values()])
-    if len(bad_rows):
-        log.warning("dropping %d invalid raw ticks of the look-back hour", len(bad_rows.index.unique()))
-    return raw.drop(index=bad_rows.index.unique()), len(bad_rows.index.unique())
+def split_invalid(raw: pd.DataFrame, hours: list, start, end) -> tuple[pd.DataFrame, dict[str, str], int]:
+    """Remove raw rows that break the rules the filled series relies on.
+
+    Returns the clean rows, the reason per hour of the run that had such rows (those hours fail: never
+    fill from bad data), and how many were dropped from the look-back hour (only counted: one bad tick
+    must not fail the next hour too).
+    """
+    failures = {k: v for k, v in rule_failures(raw, start, end).items() if not v.empty}
+    bad_index = (
+        pd.Index([]).append([v.index for v in failures.values()]).unique() if failures else pd.Index([])
+    )
+    reasons: dict[str, str] = {}
+    for h in hours:
+        parts = []
+        for rule, rows in failures.items():
+            n = int(((rows["time"] >= h) & (rows["time"] < h + HOUR)).sum())
+            if n:
+                parts.append(f"{rule}: {n} rows")
+        if parts:
+            reasons[partition_key(h)] = (
+                "raw_ticks break the rules the filled series relies on (" + "; ".join(parts) + "); fix or "
+                "delete the rows in raw_ticks, then re-materialise"
+            )
+    dropped = int((raw.loc[bad_index, "time"] < hours[0]).sum()) if len(bad_index) else 0
+    return raw.drop(index=bad_index), reasons, dropped
 
 
 def fill_hours(raw: pd.DataFrame, hours: list, products: tuple[str, ...]) -> dict:
@@ -89,7 +98,7 @@ def _hour_frame(filled: list[FilledHour]) -> pd.DataFrame:
     ],
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
-    group_name="series",
+    group_name="market",
     kinds={"postgres", "numba"},
     metadata={
         "dagster/column_schema": column_schema(FilledSeriesModel),
@@ -106,34 +115,40 @@ def filled_series(
     window = context.partition_time_window
     hours = hours_in(window)
     products = market.product_list
+    outcomes = HourOutcomes()
     with postgres.connection() as conn:
         raw = read_raw_ticks(conn, hours[0] - HOUR, window.end)
-        raw, dropped = _usable_raw(raw, window.start, window.end, context.log)
-        filled = fill_hours(raw, hours, products)
+        raw, bad_hours, dropped = split_invalid(raw, hours, hours[0] - HOUR, window.end)
+        if dropped:
+            context.log.warning("dropped %d invalid raw ticks of the look-back hour", dropped)
+        for key, reason in bad_hours.items():
+            outcomes.fail(key, reason)
+        good = [h for h in hours if partition_key(h) not in bad_hours]
+        filled = fill_hours(raw, good, products)
         frames = {hour: _hour_frame(fh) for hour, fh in filled.items()}
         for hour, frame in frames.items():
             errors = validate(FilledSeriesModel, frame)
             if errors is not None:
-                raise dg.Failure(
-                    description=f"filled_series {partition_key(hour)} fails its schema: "
-                    f"{describe_failures(errors, frame)}"
-                )
-        for hour, frame in frames.items():
+                outcomes.fail(partition_key(hour), f"schema: {describe_failures(errors, frame)}")
+                continue
             replace_slice(conn, "filled_series", hour, hour + HOUR, frame, FILLED_TYPES)
-        params_rows = [
-            (hour, fh.product_id, p.field, p.q, p.r, p.em_iterations, p.converged, p.fitted_on)
-            for hour, fhs in filled.items()
-            for fh in fhs
-            for p in fh.params
-        ]
-        replace_hour_rows(
-            conn,
-            "kalman_params",
-            "hour",
-            hours,
-            params_rows,
-            ("hour", "product_id", "field", "q", "r", "em_iterations", "converged", "fitted_on"),
-        )
+            replace_hour_rows(
+                conn,
+                "kalman_params",
+                "hour",
+                [hour],
+                [
+                    (hour, fh.product_id, p.field, p.q, p.r, p.em_iterations, p.converged, p.fitted_on)
+                    for fh in filled[hour]
+                    for p in fh.params
+                ],
+                ("hour", "product_id", "field", "q", "r", "em_iterations", "converged", "fitted_on"),
+            )
+            outcomes.succeed(
+                partition_key(hour),
+                {"dagster/row_count": len(frame), "observed_fraction": float(frame["observed"].mean())},
+            )
+    outcomes.raise_if_failed(context)
 
     all_rows = pd.concat(frames.values(), ignore_index=True)
     seen = all_rows.groupby("product_id", sort=False)["observed"].cummax()
@@ -144,7 +159,6 @@ def filled_series(
     show = next((fh for fh in filled[last_hour] if fh.frame["observed"].any()), filled[last_hour][0])
     observed_frac = all_rows.groupby("product_id")["observed"].mean()
     converged = np.mean([p.converged for fhs in filled.values() for fh in fhs for p in fh.params])
-    cold = sorted({fh.product_id for fhs in filled.values() for fh in fhs if not fh.causal})
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(all_rows),
@@ -153,8 +167,14 @@ def filled_series(
                 {k: round(float(v), 4) for k, v in observed_frac.items()}
             ),
             "em_converged_fraction": float(converged),
-            "cold_start_products": dg.MetadataValue.json(cold),
             "dropped_lookback_rows": dropped,
+            "cold_start_by_hour": dg.MetadataValue.json(
+                {
+                    partition_key(h): sorted(fh.product_id for fh in fhs if not fh.causal)
+                    for h, fhs in filled.items()
+                    if any(not fh.causal for fh in fhs)
+                }
+            ),
             "price_plot": as_markdown(observed_vs_filled(show.frame, show.product_id), "observed vs filled"),
         },
         check_results=[

@@ -10,6 +10,7 @@ import psycopg
 
 from cb_assets.db.series_store import read_frame, replace_slice
 from cb_assets.defs.filled_series import FILLED_SERIES
+from cb_assets.defs.hour_outcomes import HourOutcomes
 from cb_assets.defs.partitions import (
     HOUR,
     hourly_partitions,
@@ -51,32 +52,38 @@ def upstream_hour_state(conn: psycopg.Connection, table: str, hour: datetime) ->
     return "invalid_raw" if invalid else "missing"
 
 
-def require_upstream(
-    conn: psycopg.Connection, table: str, lookback: datetime, own: list[datetime], asset: str
-) -> list[str]:
-    """Fail unless the upstream hours this partition reads are there; return notes for the metadata.
+def upstream_problems(
+    conn: psycopg.Connection, table: str, hours: list[datetime]
+) -> tuple[dict[str, str], list[str]]:
+    """Which hours of the run cannot be computed from `table` (key -> reason), and notes for the metadata.
 
     Computing with a missing upstream hour would silently give a different (colder) result than computing in
-    order; failing keeps every hour a function of its inputs alone (backfills order upstream hours first by
-    themselves). A look-back hour whose raw ticks are invalid can never be computed until they are fixed, so
-    it is treated as a gap (and noted) rather than blocking every later hour.
+    order; refusing keeps every hour a function of its inputs alone (backfills order upstream hours first by
+    themselves). A look-back hour whose raw ticks are invalid can never exist until they are fixed, so it is
+    treated as a gap (and noted) rather than blocking every later hour.
     """
+    states = {h: upstream_hour_state(conn, table, h) for h in [hours[0] - HOUR, *hours]}
+    reasons: dict[str, str] = {}
     notes: list[str] = []
-    for h in [lookback, *own]:
-        state = upstream_hour_state(conn, table, h)
-        if state == "missing":
-            raise dg.Failure(
-                description=f"{asset} needs {table} {partition_key(h)}, which has raw ticks but has not been "
-                f"materialised yet: materialise {table} {partition_key(h)} first."
+    for h in hours:
+        key, prev = partition_key(h), partition_key(h - HOUR)
+        if states[h] == "missing":
+            reasons[key] = (
+                f"{table} {key} has raw ticks but is not materialised: materialise {table} {key} first"
             )
-        if state == "invalid_raw":
-            if h != lookback:
-                raise dg.Failure(
-                    description=f"{table} {partition_key(h)} does not exist because raw_ticks of that hour break "
-                    "the validation rules (see the raw_ticks checks); fix the rows, then re-materialise."
-                )
-            notes.append(f"look-back hour {partition_key(h)} skipped: its raw ticks are invalid")
-    return notes
+        elif states[h] == "invalid_raw":
+            reasons[key] = (
+                f"{table} {key} does not exist because raw_ticks of that hour break the validation rules (see the "
+                "raw_ticks checks); fix the rows, then re-materialise"
+            )
+        elif states[h - HOUR] == "missing":
+            reasons[key] = (
+                f"needs the look-back hour {table} {prev}, which has raw ticks but is not materialised: "
+                f"materialise {table} {prev} first"
+            )
+        elif states[h - HOUR] == "invalid_raw":
+            notes.append(f"{key}: look-back hour {prev} skipped, its raw ticks are invalid")
+    return reasons, notes
 
 
 def indicators_for_hour(filled: pd.DataFrame, hour: datetime, products: tuple[str, ...]) -> pd.DataFrame:
@@ -111,7 +118,7 @@ def indicators_for_hour(filled: pd.DataFrame, hour: datetime, products: tuple[st
     ],
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
-    group_name="series",
+    group_name="market",
     kinds={"postgres", "pandas"},
     metadata={"dagster/column_schema": column_schema(IndicatorsModel), "dagster/table_name": "indicators"},
 )
@@ -123,21 +130,29 @@ def indicators(
     window = context.partition_time_window
     hours = hours_in(window)
     products = market.product_list
+    outcomes = HourOutcomes()
     with postgres.connection() as conn:
-        notes = require_upstream(conn, "filled_series", hours[0] - HOUR, hours, "indicators")
+        blocked, notes = upstream_problems(conn, "filled_series", hours)
+        for key, reason in blocked.items():
+            outcomes.fail(key, reason)
         filled = read_frame(conn, "filled_series", _FILLED_READ, hours[0] - HOUR, window.end)
         frames = {}
         for hour in hours:
+            if partition_key(hour) in blocked:
+                continue
             rows = filled[(filled["time"] >= hour - HOUR) & (filled["time"] < hour + HOUR)]
             frame = indicators_for_hour(rows, hour, products)
             errors = validate(IndicatorsModel, frame)
             if errors is not None:
-                raise dg.Failure(
-                    description=f"indicators {partition_key(hour)} fail their schema: {describe_failures(errors, frame)}"
-                )
-            frames[hour] = frame
-        for hour, frame in frames.items():
+                outcomes.fail(partition_key(hour), f"schema: {describe_failures(errors, frame)}")
+                continue
             replace_slice(conn, "indicators", hour, hour + HOUR, frame, INDICATOR_TYPES)
+            frames[hour] = frame
+            outcomes.succeed(
+                partition_key(hour),
+                {"dagster/row_count": len(frame), "warm_fraction": float(frame["warm"].mean())},
+            )
+    outcomes.raise_if_failed(context)
 
     all_rows = pd.concat(frames.values(), ignore_index=True)
     warm_nan = int(all_rows.loc[all_rows["warm"], list(FEATURE_NAMES)].isna().any(axis=1).sum())

@@ -110,7 +110,7 @@ def _resolve_hours(config: PriceModelConfig, available: list[str], done: set[str
         ),
     ],
     pool="training",
-    group_name="training",
+    group_name="market",
     kinds={"tensorflow", "keras"},
     metadata={"dagster/column_schema": column_schema(ModelMetricsModel)},
 )

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from cb_assets.db.series_store import read_raw_ticks
-from cb_assets.defs.partitions import hourly_partitions
+from cb_assets.defs.hour_outcomes import HourOutcomes
+from cb_assets.defs.partitions import HOUR, hourly_partitions, hours_in, partition_key
 from cb_assets.defs.plots import as_markdown, bars
 from cb_assets.defs.resources import MarketResource, PostgresResource
 from cb_assets.defs.schemas import RawTicksModel, column_schema, describe_failures, validate
@@ -78,7 +79,7 @@ def _sample(rows: pd.DataFrame) -> str:
     check_specs=RAW_CHECK_SPECS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
-    group_name="market_data",
+    group_name="market",
     kinds={"postgres", "kafka"},
     metadata={"dagster/column_schema": column_schema(RawTicksModel), "dagster/table_name": "raw_ticks"},
 )
@@ -103,6 +104,22 @@ def raw_ticks(
             "WHERE after_time >= %s AND before_time < %s",
             (start, end),
         ).fetchone()
+
+    hours = hours_in(window)
+    if len(hours) > 1:
+        # A range run: a bad hour must not take the good ones down with it (see hour_outcomes).
+        outcomes = HourOutcomes()
+        for h in hours:
+            part = frame[(frame["time"] >= h) & (frame["time"] < h + HOUR)]
+            bad = {k: v for k, v in rule_failures(part, h, h + HOUR).items() if not v.empty}
+            if bad:
+                outcomes.fail(
+                    partition_key(h),
+                    "; ".join(f"{k}: {len(v)} rows (e.g. {_sample(v)})" for k, v in bad.items()),
+                )
+            else:
+                outcomes.succeed(partition_key(h), {"dagster/row_count": len(part)})
+        outcomes.raise_if_failed(context)
 
     failures = rule_failures(frame, start, end)
     pandera_errors = validate(RawTicksModel, frame)

@@ -16,7 +16,8 @@ import pandas as pd
 
 from cb_assets.db.series_store import read_frame
 from cb_assets.defs.filled_series import FILLED_SERIES
-from cb_assets.defs.indicators import INDICATORS, require_upstream
+from cb_assets.defs.hour_outcomes import HourOutcomes
+from cb_assets.defs.indicators import INDICATORS, upstream_problems
 from cb_assets.defs.partitions import (
     HOUR,
     hourly_partitions,
@@ -25,12 +26,14 @@ from cb_assets.defs.partitions import (
     previous_and_current_hour,
 )
 from cb_assets.defs.plots import as_markdown, bars
-from cb_assets.defs.resources import MarketResource, PostgresResource
+from cb_assets.defs.resources import MarketResource, PostgresResource, WindowStoreResource
 from cb_assets.defs.schemas import TrainingWindowsModel, column_schema, describe_failures, validate
 from cb_assets.series.indicators import FEATURE_NAMES
 from cb_assets.series.windows import WindowSet, build_window_set
 
 TRAINING_WINDOWS = dg.AssetKey("training_windows")
+_IND_READ = ("product_id", "time", "warm", *FEATURE_NAMES)
+_OBS_READ = ("product_id", "time", "price")
 
 
 def window_index_frame(ws: WindowSet) -> pd.DataFrame:
@@ -79,12 +82,15 @@ def windows_for_hour(
     io_manager_key="windows_io_manager",
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
-    group_name="training",
+    group_name="market",
     kinds={"numpy"},
     metadata={"dagster/column_schema": column_schema(TrainingWindowsModel)},
 )
 def training_windows(
-    context: dg.AssetExecutionContext, postgres: PostgresResource, market: MarketResource
+    context: dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    market: MarketResource,
+    windows: WindowStoreResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Features of all products on one clock (time x product*feature, float32), labels = log return from the
     last observed price at t to t + 10/20/100/200 s per product, windows = the 1000 s ending at t as views."""
@@ -92,35 +98,41 @@ def training_windows(
     hours = hours_in(window)
     products = market.product_list
     out: dict[str, WindowSet] = {}
+    outcomes = HourOutcomes()
     prev_ind = prev_obs = None
     with postgres.connection() as conn:
-        notes = require_upstream(conn, "indicators", hours[0] - HOUR, hours, "training_windows")
+        blocked, notes = upstream_problems(conn, "indicators", hours)
+        for key, reason in blocked.items():
+            outcomes.fail(key, reason)
         for hour in hours:
+            # Each hour reads its own hour and keeps it as the next hour's history: one read per hour.
             if prev_ind is None:
-                prev_ind = read_frame(
-                    conn, "indicators", ("product_id", "time", "warm", *FEATURE_NAMES), hour - HOUR, hour
+                prev_ind = read_frame(conn, "indicators", _IND_READ, hour - HOUR, hour)
+                prev_obs = read_frame(conn, "filled_series", _OBS_READ, hour - HOUR, hour)
+            cur_ind = read_frame(conn, "indicators", _IND_READ, hour, hour + HOUR)
+            cur_obs = read_frame(conn, "filled_series", _OBS_READ, hour, hour + HOUR)
+            key = partition_key(hour)
+            if key not in blocked:
+                ws = windows_for_hour(
+                    pd.concat([prev_ind, cur_ind], ignore_index=True),
+                    pd.concat([prev_obs, cur_obs], ignore_index=True),
+                    hour,
+                    products,
                 )
-                prev_obs = read_frame(
-                    conn, "filled_series", ("product_id", "time", "price"), hour - HOUR, hour
-                )
-            cur_ind = read_frame(
-                conn, "indicators", ("product_id", "time", "warm", *FEATURE_NAMES), hour, hour + HOUR
-            )
-            cur_obs = read_frame(conn, "filled_series", ("product_id", "time", "price"), hour, hour + HOUR)
-            ws = windows_for_hour(
-                pd.concat([prev_ind, cur_ind], ignore_index=True),
-                pd.concat([prev_obs, cur_obs], ignore_index=True),
-                hour,
-                products,
-            )
-            index = window_index_frame(ws)
-            errors = validate(TrainingWindowsModel, index)
-            if errors is not None:
-                raise dg.Failure(
-                    description=f"training_windows {partition_key(hour)}: {describe_failures(errors)}"
-                )
-            out[partition_key(hour)] = ws
+                errors = validate(TrainingWindowsModel, window_index_frame(ws))
+                if errors is None:
+                    out[key] = ws
+                    outcomes.succeed(
+                        key, {"dagster/row_count": len(ws), "valid_windows": int(ws.valid.sum())}
+                    )
+                else:
+                    outcomes.fail(key, f"schema: {describe_failures(errors)}")
             prev_ind, prev_obs = cur_ind, cur_obs
+    if outcomes.failed:
+        # Without an output the IO manager is not called: store the good hours here, then record them.
+        for key, ws in out.items():
+            windows.store.save(key, ws)
+        outcomes.raise_if_failed(context)
 
     n_windows = sum(len(ws) for ws in out.values())
     n_valid = sum(int(ws.valid.sum()) for ws in out.values())

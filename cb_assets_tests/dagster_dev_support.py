@@ -1,0 +1,172 @@
+"""A real `dagster dev` for tests: instance on PostgreSQL, started in its own process group, stopped cleanly,
+plus the GraphQL calls the UI itself makes (backfills, sensors)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cb_assets.stack.procs import default_signals_preexec, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+LOCATION = "cb_assets.definitions"
+REPOSITORY = "__repository__"
+
+
+@dataclass
+class DagsterDev:
+    port: int
+    home: Path
+    env: dict[str, str]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
+        req = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = json.loads(resp.read())
+        if body.get("errors"):
+            raise AssertionError(f"GraphQL errors: {body['errors']}")
+        return body["data"]
+
+    def stop_sensor(self, name: str) -> str:
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+        data = self.graphql(
+            "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { id } } }",
+            {"s": selector},
+        )
+        sensor_id = data["sensorOrError"]["id"]
+        out = self.graphql(
+            "mutation($id: String) { stopSensor(id: $id) { ... on StopSensorMutationResult "
+            "{ instigationState { status } } ... on PythonError { message } } }",
+            {"id": sensor_id},
+        )
+        return out["stopSensor"]["instigationState"]["status"]
+
+    def launch_asset_backfill(self, assets: list[str], partitions: list[str]) -> str:
+        """As the asset graph's Materialize button with a range of partitions selected: an asset backfill, run by
+        the backfill daemon (honours backfill policies, tracks failed partitions and their downstream)."""
+        params = {
+            "assetSelection": [{"path": [a]} for a in assets],
+            "partitionNames": partitions,
+            "fromFailure": False,
+        }
+        out = self.graphql(
+            "mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) { __typename "
+            "... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } "
+            "... on InvalidSubsetError { message } } }",
+            {"p": params},
+        )["launchPartitionBackfill"]
+        assert out["__typename"] == "LaunchBackfillSuccess", out
+        return out["backfillId"]
+
+    def reexecute_backfill_from_failure(self, backfill_id: str) -> str:
+        out = self.graphql(
+            "mutation($r: ReexecutionParams!) { reexecutePartitionBackfill(reexecutionParams: $r) { __typename "
+            "... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }",
+            {"r": {"parentRunId": backfill_id, "strategy": "FROM_FAILURE"}},
+        )["reexecutePartitionBackfill"]
+        assert out["__typename"] == "LaunchBackfillSuccess", out
+        return out["backfillId"]
+
+    def backfill(self, backfill_id: str) -> dict:
+        return self.graphql(
+            "query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { id status "
+            "partitionStatuses { results { partitionName runId runStatus } } } } }",
+            {"id": backfill_id},
+        )["partitionBackfillOrError"]
+
+    def wait_backfill(self, backfill_id: str, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        done = {"SUCCESS", "FAILURE", "CANCELED"}
+        while time.monotonic() < deadline:
+            bf = self.backfill(backfill_id)
+            results = (bf.get("partitionStatuses") or {}).get("results") or []
+            statuses = [r["runStatus"] for r in results]
+            if bf["status"] in (
+                "COMPLETED",
+                "COMPLETED_SUCCESS",
+                "COMPLETED_FAILED",
+                "FAILED",
+                "CANCELED",
+            ) and all(s in done for s in statuses):
+                return bf
+            time.sleep(3)
+        raise AssertionError(
+            f"backfill {backfill_id} did not finish in {timeout_s:.0f} s: {self.backfill(backfill_id)}"
+        )
+
+
+@contextmanager
+def dagster_dev(env: dict[str, str], workdir: Path, ready_timeout_s: float = 180) -> Iterator[DagsterDev]:
+    """Start `dagster dev -w workspace.yaml` on a free port with a DAGSTER_HOME on PostgreSQL storage."""
+    home = workdir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    full_env = dict(os.environ, **env, DAGSTER_HOME=str(home))
+    log = workdir / "dagster-dev.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("dagster")),
+                "dev",
+                "-w",
+                str(REPO / "workspace.yaml"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=workdir,  # not the checkout: a developer's .env there must not override this environment
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=default_signals_preexec,
+        )
+    dev = DagsterDev(port, home, full_env, log)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{dev.url}/server_info", timeout=2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"dagster dev did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        # The code location loads after the webserver answers.
+        while time.monotonic() < deadline:
+            entries = dev.graphql(
+                "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
+            )["workspaceOrError"]["locationEntries"]
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                break
+            time.sleep(1)
+        yield dev
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # grandchildren (code server, daemon, run workers)
