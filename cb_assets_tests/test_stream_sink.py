@@ -260,3 +260,23 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     assert per_product == dict.fromkeys(PRODUCTS, n_per_product)
     assert rejected == len(MALFORMED)  # redelivered bad messages are not recorded twice either
     assert b"sink stopped" in out
+
+
+def test_dead_letters_from_the_feed_are_recorded_with_their_reason(
+    kafka_bootstrap: str, topic_name: str, db: str
+) -> None:
+    from cb_assets.stream.dead_letter import DEAD_LETTER_KEY
+
+    frame = '{"channel": "ticker_batch", "broken'
+    envelope = orjson.dumps(
+        {"reason": "unparseable frame: invalid JSON", "payload": frame, "rejected_by": "feed"}
+    )
+    produce(kafka_bootstrap, topic_name, [(DEAD_LETTER_KEY, envelope), *good_messages(10)])
+    sink = Sink(cfg(kafka_bootstrap, topic_name, db))
+    run_sink_until(sink, lambda: sink.stats.consumed >= 31)
+    with connect(db) as conn:
+        rows = conn.execute("SELECT source, reason, payload FROM raw_ticks_rejected").fetchall()
+    assert [(s, r, bytes(p)) for s, r, p in rows] == [
+        ("feed", "feed: unparseable frame: invalid JSON", frame.encode())
+    ]
+    assert count(db) == 30

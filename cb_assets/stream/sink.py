@@ -32,6 +32,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from cb_assets.db.connection import connect
+from cb_assets.stream.dead_letter import DEAD_LETTER_KEY, decode_dead_letter
 from cb_assets.stream.pg_writer import NaiveTickWriter, RejectedMessage, TickWriter, WriteResult
 from cb_assets.stream.ticks import Rejection, TickRow, parse_tick
 
@@ -72,6 +73,8 @@ class SinkConfig:
             "heartbeat.interval.ms": 1000,
             # ... but a long PostgreSQL outage must not get us evicted while we hold a batch.
             "max.poll.interval.ms": 900_000,
+            # Notice a topic that reappears (a broker restarted without persistent storage) within seconds.
+            "topic.metadata.refresh.interval.ms": 10_000,
             # Larger fetches keep consume(10000) fed.
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
@@ -229,6 +232,12 @@ class Sink:
             last[part] = off
             if want_stamps:
                 stamps.append(m.timestamp()[1])
+            if m.key() == DEAD_LETTER_KEY:  # input the feed could not use: record it with the feed's reason
+                reason, payload = decode_dead_letter(m.value())
+                rejected.append(
+                    RejectedMessage(Rejection(_clean(reason)), payload, "feed", m.topic(), part, off)
+                )
+                continue
             res = parse_tick(m.value(), products=products, partition=part, offset=off, now=now)
             if isinstance(res, Rejection):
                 rejected.append(
