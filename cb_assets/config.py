@@ -37,6 +37,8 @@ DEFAULT_BROKER_PORT = 9092
 DEFAULT_DAGSTER_PORT = 3000
 DEFAULT_COINBASE_WS_URL = "wss://advanced-trade-ws.coinbase.com"
 EMBEDDED_DB_NAME = "cb_assets"
+# The simulated market hides a lead-lag relation by default, so a demo shows the model finding something.
+DEFAULT_DEMO_LEAD_LAG = "BTC-USD:ETH-USD:20:1.0"
 
 _PRODUCT_RE = re.compile(r"^[A-Z0-9]{2,10}-[A-Z0-9]{2,10}$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -66,6 +68,7 @@ class Settings:
     dagster_database_url: str
     artifacts_dir: Path
     windows_dir: Path
+    demo_lead_lag: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -200,6 +203,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not ws_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"CB_COINBASE_WS_URL={ws_url!r} must start with ws:// or wss://")
 
+    lead_lag = env.get("CB_DEMO_LEAD_LAG", DEFAULT_DEMO_LEAD_LAG).strip()
+    if lead_lag:
+        parts = lead_lag.split(":")
+        try:
+            ok = len(parts) == 4 and int(parts[2]) > 0 and float(parts[3]) == float(parts[3])
+        except ValueError:
+            ok = False
+        if not ok or not all(_PRODUCT_RE.match(p) for p in parts[:2]):
+            raise ConfigError(
+                f"CB_DEMO_LEAD_LAG={lead_lag!r} must be LEADER:FOLLOWER:HORIZON_S:BETA (e.g. BTC-USD:ETH-USD:20:1.0), "
+                "or empty to simulate a market without a planted signal"
+            )
     artifacts = env.get("CB_ARTIFACTS_DIR", "").strip()
     windows = env.get("CB_WINDOWS_DIR", "").strip()
     return Settings(
@@ -222,6 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dagster_database_url=dagster_database_url,
         artifacts_dir=Path(artifacts).expanduser().resolve() if artifacts else home / "artifacts",
         windows_dir=Path(windows).expanduser().resolve() if windows else home / "training_windows",
+        demo_lead_lag=lead_lag,
     )
 
 

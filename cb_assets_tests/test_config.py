@@ -54,6 +54,8 @@ def test_external_services_and_overrides() -> None:
         ({"CB_BROKER_PORT": "80"}, "CB_BROKER_PORT"),
         ({"CB_DEMO_SPEED": "-1"}, "CB_DEMO_SPEED"),
         ({"CB_COINBASE_WS_URL": "http://x"}, "CB_COINBASE_WS_URL"),
+        ({"CB_DEMO_LEAD_LAG": "BTC-USD:ETH-USD"}, "CB_DEMO_LEAD_LAG"),
+        ({"CB_DEMO_LEAD_LAG": "BTC-USD:ETH-USD:x:1"}, "CB_DEMO_LEAD_LAG"),
     ],
 )
 def test_errors_name_the_variable(env: dict[str, str], names: str) -> None:

@@ -34,6 +34,17 @@ def _lead_lag(spec: str | None):
     return LeadLag(leader=leader, follower=follower, horizon_s=int(horizon), beta=float(beta))
 
 
+def _demo_lead_lag(settings: Settings) -> str | None:
+    spec = settings.demo_lead_lag
+    if not spec:
+        return None
+    leader, follower = spec.split(":")[:2]
+    if leader not in settings.products or follower not in settings.products:
+        log.info("not planting the demo lead-lag %s: its products are not in CB_PRODUCTS", spec)
+        return None
+    return spec
+
+
 def build_source(args: argparse.Namespace, settings: Settings, kind: str, on_gap):
     if kind == "live":
         from cb_assets.feed.coinbase import CoinbaseFeed
@@ -61,7 +72,7 @@ def build_source(args: argparse.Namespace, settings: Settings, kind: str, on_gap
         start_ns=start_ns,
         duration_s=args.duration,
         speed=speed,
-        lead_lag=_lead_lag(args.lead_lag),
+        lead_lag=_lead_lag(args.lead_lag if args.lead_lag is not None else _demo_lead_lag(settings)),
         not_ahead_of_wall_clock=True,
     )
 
