@@ -69,6 +69,12 @@ class Settings:
     artifacts_dir: Path
     windows_dir: Path
     demo_lead_lag: str = ""
+    # librdkafka settings for a managed cluster (TLS, SASL...), from CB_KAFKA_OPT_<NAME> variables.
+    kafka_options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def kafka_config(self) -> dict[str, str]:
+        return dict(self.kafka_options)
 
     @property
     def run_dir(self) -> Path:
@@ -169,6 +175,20 @@ def _partitions_start(raw: str) -> str:
     return raw
 
 
+def _kafka_options(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """CB_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL -> ("security.protocol", "SASL_SSL"): any librdkafka setting a
+    managed cluster needs, kept in the environment (secrets included) rather than in files."""
+    prefix = "CB_KAFKA_OPT_"
+    options = []
+    for key, value in env.items():
+        if key.startswith(prefix) and value.strip():
+            name = key[len(prefix) :].lower().replace("_", ".")
+            if not re.match(r"^[a-z][a-z0-9.]*$", name):
+                raise ConfigError(f"{key} does not name a librdkafka setting")
+            options.append((name, value.strip()))
+    return tuple(sorted(options))
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every CB_* variable once; raise ConfigError naming the first bad one."""
     env = os.environ if env is None else env
@@ -238,6 +258,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         artifacts_dir=Path(artifacts).expanduser().resolve() if artifacts else home / "artifacts",
         windows_dir=Path(windows).expanduser().resolve() if windows else home / "training_windows",
         demo_lead_lag=lead_lag,
+        kafka_options=_kafka_options(env),
     )
 
 

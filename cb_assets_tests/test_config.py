@@ -80,3 +80,10 @@ def test_cli_reports_config_errors(
     monkeypatch.setenv("CB_PRODUCTS", "nonsense")
     assert main(["services", "status"]) == 2
     assert "CB_PRODUCTS" in capsys.readouterr().err
+
+
+def test_kafka_options_for_a_managed_cluster() -> None:
+    s = load_settings({"CB_KAFKA_OPT_SECURITY_PROTOCOL": "SASL_SSL", "CB_KAFKA_OPT_SASL_USERNAME": "me"})
+    assert s.kafka_config == {"security.protocol": "SASL_SSL", "sasl.username": "me"}
+    with pytest.raises(ConfigError, match="CB_KAFKA_OPT_"):
+        load_settings({"CB_KAFKA_OPT_9X": "1"})

@@ -87,7 +87,12 @@ async def _run(args: argparse.Namespace, settings: Settings, kind: str) -> int:
     delay = 1.0
     while True:
         try:
-            ensure_topic(settings.kafka_bootstrap, settings.topic, partitions=args.partitions)
+            ensure_topic(
+                settings.kafka_bootstrap,
+                settings.topic,
+                partitions=args.partitions,
+                extra_config=settings.kafka_config,
+            )
             break
         except Exception as exc:  # the broker may still be starting: wait for it, don't crash
             log.warning(
@@ -95,7 +100,7 @@ async def _run(args: argparse.Namespace, settings: Settings, kind: str) -> int:
             )
             await asyncio.sleep(delay)
             delay = min(30.0, delay * 2)
-    producer = TickProducer(settings.kafka_bootstrap, settings.topic)
+    producer = TickProducer(settings.kafka_bootstrap, settings.topic, extra_config=settings.kafka_config)
     task = asyncio.ensure_future(
         run_feed(
             source,

@@ -23,7 +23,7 @@ def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
     while not stop.is_set():
         try:
             # Subscribing to a missing topic only yields errors until a producer creates it: create it now.
-            ensure_topic(settings.kafka_bootstrap, settings.topic)
+            ensure_topic(settings.kafka_bootstrap, settings.topic, extra_config=settings.kafka_config)
             break
         except Exception as exc:  # the broker may still be starting
             log.warning(
@@ -39,6 +39,7 @@ def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
         group_id=args.group,
         batch_size=args.batch_size,
         stats_interval_s=args.stats_interval,
+        consumer_overrides=dict(settings.kafka_config),
     )
     Sink(cfg).run(stop)
     return 0
