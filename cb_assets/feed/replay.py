@@ -106,9 +106,9 @@ class ReplaySource(FrameSource):
         self.bad_lines += 1
         self.counters.protocol_errors += 1
         if self.bad_lines <= _LOGGED_BAD_LINES:
-            log.warning("%s line %d skipped (%s): %.120s", self.path.name, line_no, reason, line)
+            log.warning("%s line %d is not a valid frame (%s): %.120s", self.path.name, line_no, reason, line)
         elif self.bad_lines == _LOGGED_BAD_LINES + 1:
-            log.warning("%s: more bad lines; only counting them from now on", self.path.name)
+            log.warning("%s: more invalid lines; only counting them from now on", self.path.name)
 
     async def _frames(self) -> AsyncIterator[str]:
         if self.rebase_now:
@@ -130,7 +130,9 @@ class ReplaySource(FrameSource):
                     line = _rewrite_timestamp(line, frame.timestamp, new_ts)
                     frame = dataclasses.replace(frame, timestamp=new_ts, time_ns=new_ns)
             except ProtocolError as e:
+                # Handed on as it is, like a live socket would: the runner dead-letters it with the reason.
                 self._bad(line_no, str(e), line)
+                yield line
                 continue
             if frame_sequence(frame) == 0 and seen_any:
                 segment += 1
@@ -148,4 +150,6 @@ class ReplaySource(FrameSource):
             self._account_parsed(line, frame, conn_id)
             yield line
         if self.bad_lines:
-            log.warning("%s: %d bad lines skipped", self.path.name, self.bad_lines)
+            log.warning(
+                "%s: %d invalid lines (handed on to be dead-lettered)", self.path.name, self.bad_lines
+            )

@@ -9,6 +9,10 @@ original ran out of memory while dropping silently loses data):
 - A message that cannot be delivered within `message_timeout_ms` fails; every failure is counted in
   `failed`, logged (summarised per reason so an outage does not write a line per tick) and handed to
   `on_failure` if given. So `produced == delivered + failed` once `close()` has returned.
+- A broker that comes back WITHOUT our state (a bundled broker restarted with memory storage, a recreated
+  topic with another partition count) refuses the buffered messages as from an unknown producer or for an
+  unknown partition, or never acknowledges them. Those messages are re-sent through a fresh producer (a new
+  producer id): a re-send may duplicate a tick the broker did keep, which the sink's upsert absorbs.
 - `close()` flushes; whatever is still undelivered when its timeout ends is purged, which reports each
   purged message as failed rather than dropping it unseen.
 No flush per message: `poll(0)` after each produce serves callbacks; `linger.ms` lets librdkafka batch.
@@ -36,6 +40,40 @@ _RDKAFKA_LOG = logging.getLogger("cb_assets.stream.librdkafka")
 # Best ratio first; librdkafka builds without zstd exist, and gzip/none are always there.
 COMPRESSION_PREFERENCE: tuple[str, ...] = ("zstd", "lz4", "gzip", "none")
 _SUMMARY_EVERY_S = 5.0
+# No acknowledgement for this long while the broker answers metadata requests: it lost our state; start over.
+_STALL_S = 20.0
+# Refusals that mean "the broker forgot us", not "this message is bad": send again through a fresh producer.
+_RESEND_CODES = frozenset(
+    {
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+    }
+)
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
+
+
+class _OncePer(logging.Filter):
+    """Lets an identical log message through once per `every_s`: an outage must not write a line a second."""
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = record.getMessage(), time.monotonic()
+        if now - self._seen.get(key, -self.every_s) < self.every_s:
+            return False
+        self._seen[key] = now
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        return True
+
+
+_RDKAFKA_LOG.addFilter(_OncePer(30.0))
+log.addFilter(_OncePer(30.0))
 
 
 class ProducerFullError(TimeoutError):
@@ -53,6 +91,8 @@ class ProducerCounters:
     bytes_produced: int = 0
     client_errors: int = 0  # broker-level errors (connection refused, all brokers down...)
     compression_downgrades: int = 0
+    resent: int = 0  # messages sent again through a fresh producer after the broker forgot this one
+    producer_resets: int = 0
     dead_lettered: int = 0  # frames sent to the dead-letter path (produce_rejected_async)
 
     @property
@@ -69,6 +109,8 @@ class ProducerCounters:
             "blocked_s": round(self.blocked_s, 3),
             "max_queued": self.max_queued,
             "client_errors": self.client_errors,
+            "resent": self.resent,
+            "producer_resets": self.producer_resets,
         }
 
 
@@ -116,6 +158,9 @@ class TickProducer:
         )
         self._producer = self._build()
         self._resend: list[tuple[bytes | None, bytes | None]] = []
+        self._downgrade = False  # the pending re-send is for a refused codec
+        self._resetting = False  # purges now are ours: their messages go to _resend
+        self._last_progress = time.monotonic()
         self._fail_summary: dict[str, int] = {}
         self._last_summary = time.monotonic()
         self._closed = False
@@ -151,9 +196,15 @@ class TickProducer:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.counters.delivered += 1
+            self._last_progress = time.monotonic()
             return
-        if err.code() == KafkaError.UNSUPPORTED_COMPRESSION_TYPE and len(self._codecs) > 1:
+        code = err.code()
+        if code == KafkaError.UNSUPPORTED_COMPRESSION_TYPE and len(self._codecs) > 1:
             # The broker cannot store this codec: resend with the next one instead of losing the tick.
+            self._resend.append((msg.key(), msg.value()))
+            self._downgrade = True
+            return
+        if not self._closed and (code in _RESEND_CODES or (self._resetting and code in _PURGED)):
             self._resend.append((msg.key(), msg.value()))
             return
         self.counters.failed += 1
@@ -176,18 +227,54 @@ class TickProducer:
             self._fail_summary = {}
             self._last_summary = now
 
-    def _downgrade_compression(self) -> None:
+    def _rebuild(self) -> None:
+        """Replace the producer and send `_resend` through the new one (after a refused codec, or after the
+        broker forgot this producer)."""
         old = self._producer
-        old.flush(10)  # collect every other rejection of the old codec into _resend
-        rejected = self._codecs.pop(0)
-        self.counters.compression_downgrades += 1
-        log.warning("broker rejected %s compression; switching to %s", rejected, self._codecs[0])
+        if self._downgrade:
+            old.flush(10)  # let the rest of the batch be refused too, rather than resend them one by one
+        # Whatever the old producer still holds goes over to the new one (its delivery reports land in
+        # _resend); dropping it unpurged would report those messages as failed when it is destroyed.
+        self._resetting = True
+        try:
+            old.purge(in_queue=True, in_flight=True, blocking=True)
+            old.flush(1.0)
+        finally:
+            self._resetting = False
+        if self._downgrade:
+            rejected = self._codecs.pop(0)
+            self.counters.compression_downgrades += 1
+            log.warning("broker rejected %s compression; switching to %s", rejected, self._codecs[0])
+        else:
+            self.counters.producer_resets += 1
+            log.warning(
+                "the broker lost this producer's state; re-sending %d messages through a new one",
+                len(self._resend),
+            )
+        self._downgrade = False
         self._producer = self._build()
         pending, self._resend = self._resend, []
         # These were counted as produced once already; resending must not count them twice.
         self.counters.produced -= len(pending)
+        self.counters.resent += len(pending)
+        self._last_progress = time.monotonic()
         for key, value in pending:
             self._produce_blocking(key, value, None)
+
+    def _check_stalled(self) -> None:
+        """Nothing acknowledged for a while although the broker answers: it forgot us (see the module doc)."""
+        now = time.monotonic()
+        if self.counters.in_flight <= 0:
+            self._last_progress = now
+            return
+        if now - self._last_progress < _STALL_S:
+            return
+        try:
+            self._producer.list_topics(self.topic, timeout=1.0)
+        except KafkaException:
+            self._last_progress = now - _STALL_S / 2  # still away: look again a little later
+            return
+        self._rebuild()
 
     # ---------------------------------------------------------------------------------- produce
 
@@ -195,7 +282,9 @@ class TickProducer:
         """Serve delivery reports (and librdkafka logs); returns how many events were served."""
         served = self._producer.poll(timeout_s)
         if self._resend:
-            self._downgrade_compression()
+            self._rebuild()
+        elif not self._closed:
+            self._check_stalled()
         self._maybe_summarise()
         return served
 
@@ -280,10 +369,11 @@ class TickProducer:
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait for outstanding deliveries; returns how many are still outstanding."""
+        deadline = time.monotonic() + timeout_s
         remaining = self._producer.flush(timeout_s)
-        if self._resend:
-            self._downgrade_compression()
-            remaining = self._producer.flush(timeout_s)
+        while self._resend and time.monotonic() < deadline:
+            self._rebuild()
+            remaining = self._producer.flush(max(0.1, deadline - time.monotonic()))
         self._maybe_summarise(force=True)
         return remaining
 
@@ -292,6 +382,7 @@ class TickProducer:
         if self._closed:
             return self.counters
         remaining = self.flush(timeout_s)
+        self._closed = True  # from here on a purge or refusal is a failure, not a reason to re-send
         if remaining:
             log.error(
                 "%d messages undelivered after %.1fs at close: purging them as failed", remaining, timeout_s
