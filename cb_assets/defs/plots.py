@@ -37,15 +37,17 @@ def _thin(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[::step]
 
 
-def observed_vs_filled(frame: pd.DataFrame, product_id: str) -> bytes:
-    """Observed ticks against the causal filter and the smoother for one product's hour."""
+def observed_vs_filled(frame: pd.DataFrame, product_id: str, last_s: int = 900) -> bytes:
+    """Observed ticks against the causal filter and the smoother for one product, over the hour's last
+    `last_s` seconds: long enough to see gaps being filled, short enough to see the lines apart."""
     fig, ax = plt.subplots(figsize=(6, 2.6))
+    frame = frame.iloc[-last_s:]
     obs = frame[frame["observed"]]
     thin = _thin(frame)
     ax.plot(thin.index, thin["price_filtered"], lw=1.0, label="filtered (causal)")
     ax.plot(thin.index, thin["price_smoothed"], lw=1.0, ls="--", label="smoothed")
     ax.scatter(obs.index, obs["price"], s=4, c="k", label="observed", zorder=3)
-    ax.set_title(f"{product_id} price", fontsize=9)
+    ax.set_title(f"{product_id} price, last {last_s // 60} minutes of the hour", fontsize=9)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="best")
     return _png(fig)
