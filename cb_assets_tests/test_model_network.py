@@ -1,9 +1,13 @@
-"""The network: stored statistics, NaN handling, the newest row reaching the output, .keras round trip."""
+"""The network: stored statistics, NaN handling, the newest row reaching the output, .keras round trip,
+calibration factors (and loading a model saved before they existed)."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -13,12 +17,14 @@ from cb_assets.model.network import (
     Standardize,
     TransformerBlock,
     build_model,
+    calibration_of,
     column_names_of,
     feature_stats_of,
     label_stats_of,
     load_model,
     predict_returns,
     save_model,
+    set_calibration,
     standardised_head,
 )
 from cb_assets.series.windows import ColumnStats
@@ -128,3 +134,56 @@ def test_predict_on_a_window_set_matches_its_views() -> None:
     np.testing.assert_allclose(by_array, by_set[[3, 69]], rtol=1e-5, atol=1e-7)
     single = predict_returns(model, s.ws.window_at(10))
     np.testing.assert_allclose(single[0], by_set[10], rtol=1e-5, atol=1e-7)
+
+
+def _calibrated_model() -> tuple[keras.Model, np.ndarray]:
+    cfg = tiny_config(dropout=0.0)
+    rng = np.random.default_rng(3)
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg, _stats(rng, cfg.n_features, 5.0, 2.0), _stats(rng, cfg.n_outputs, 2e-5, 1e-4))
+    factors = np.linspace(0.0, 1.0, cfg.n_outputs)
+    return model, factors
+
+
+def test_calibration_scales_each_raw_forecast_and_travels_in_the_keras_file(tmp_path: Path) -> None:
+    model, factors = _calibrated_model()
+    s = synthetic_set(30, seed=4)
+    np.testing.assert_array_equal(calibration_of(model), np.ones_like(factors))  # a new model: factor 1
+    before = predict_returns(model, s.ws)
+    set_calibration(model, factors)
+    after = predict_returns(model, s.ws)
+    # The raw forecast (label mean included) is scaled: factor 0 is persistence's 0, not the label mean.
+    np.testing.assert_allclose(after, before * factors.astype(np.float32), rtol=1e-5, atol=1e-12)
+    assert np.all(after[:, 0] == 0.0)
+
+    loaded = load_model(save_model(model, tmp_path / "calibrated.keras"))
+    np.testing.assert_array_equal(calibration_of(loaded), calibration_of(model))
+    np.testing.assert_array_equal(predict_returns(loaded, s.ws), after)
+    with pytest.raises(ValueError, match=">= 0"):
+        set_calibration(model, -factors)
+    with pytest.raises(ValueError, match="columns"):
+        set_calibration(model, factors[:-1])
+
+
+def test_a_model_saved_before_calibration_loads_uncalibrated(tmp_path: Path) -> None:
+    """A champion saved before the factors existed (its output layer holds mean and std only) still loads
+    and forecasts as it was saved: factor 1 everywhere."""
+    model, factors = _calibrated_model()
+    s = synthetic_set(30, seed=5)
+    expected = predict_returns(model, s.ws)
+    set_calibration(model, factors)  # stored in the file, then dropped from it below
+    path = save_model(model, tmp_path / "new.keras")
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "model.weights.h5":
+                buf = io.BytesIO(data)
+                with h5py.File(buf, "a") as f:
+                    del f["layers/destandardize/vars/2"]  # the scale: the old layout had vars 0 and 1
+                data = buf.getvalue()
+            dst.writestr(name, data)
+    loaded = load_model(old)
+    np.testing.assert_array_equal(calibration_of(loaded), np.ones_like(factors))
+    np.testing.assert_array_equal(predict_returns(loaded, s.ws), expected)
+    np.testing.assert_array_equal(label_stats_of(loaded)[1], label_stats_of(model)[1])

@@ -1,7 +1,9 @@
-"""The input pipeline (only valid windows, stride, exact batch contents), determinism, and fine-tuning."""
+"""The input pipeline (only valid windows, stride, exact batch contents), determinism, fine-tuning, the
+adaptive stride, and calibration (its slice, its factors, and that training never steps on its windows)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import keras
@@ -9,20 +11,28 @@ import numpy as np
 import pytest
 
 from cb_assets.model.network import (
+    calibration_of,
     feature_stats_of,
     label_stats_of,
     load_model,
     predict_returns,
     save_model,
+    set_calibration,
 )
 from cb_assets.model.train import (
+    DEFAULT_STRIDE,
+    WINDOWS_PER_EPOCH,
     WindowBatcher,
+    auto_stride,
+    calibration_factors,
     fine_tune,
     merged_stats,
     new_model,
     select_windows,
+    split_calibration,
     train_model,
 )
+from cb_assets.series.schema import SECOND_NS
 from cb_assets.series.windows import WindowSet
 from cb_assets_tests.test_model_synthetic import synthetic_set, tiny_config
 
@@ -157,7 +167,154 @@ def test_mismatched_columns_are_refused() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="feature columns"):
         train_model(model, [renamed])
+    with pytest.raises(ValueError, match="feature columns"):  # refused before any training
+        train_model(model, [s.ws], calibration_sets=[renamed])
     longer = synthetic_set(60, seed=10, window=20)
     with pytest.raises(ValueError, match="window"):
         train_model(model, [longer.ws])
     keras.backend.clear_session()
+
+
+def _later(ws: WindowSet, seconds: int) -> WindowSet:
+    """The same windows `seconds` later: the next stretch of a market, as the next hour's set would be."""
+    return dataclasses.replace(ws, anchor_times_ns=ws.anchor_times_ns + seconds * SECOND_NS)
+
+
+def test_auto_stride_keeps_an_hour_and_thins_a_day() -> None:
+    assert auto_stride(2_000) == DEFAULT_STRIDE  # an hour's fine-tune trains as before
+    assert auto_stride(0) == DEFAULT_STRIDE
+    day = 24 * 2_900
+    stride = auto_stride(day)
+    assert stride > DEFAULT_STRIDE and day / stride <= WINDOWS_PER_EPOCH < day / (stride - 1)
+    assert auto_stride(10_000, windows_per_epoch=1_000, min_stride=1) == 10
+
+
+def test_calibration_factors_are_clipped_least_squares_scales() -> None:
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(500, 5))
+    y = np.column_stack([0.5 * f[:, 0], -f[:, 1], 3.0 * f[:, 2], rng.normal(size=500), f[:, 4]])
+    f[:, 4] = 0.0  # a forecast that never moves
+    c = calibration_factors(f, y)
+    assert c[0] == pytest.approx(0.5)
+    assert c[1] == 0.0  # anti-correlated: shrunk to persistence, never flipped
+    assert c[2] == 1.0  # under-confident: kept, never amplified
+    assert 0.0 <= c[3] < 0.15  # noise: about 0 (clipped from either side)
+    assert c[4] == 0.0
+    # The same as fitting the least-squares scale and clipping it.
+    assert c[3] == pytest.approx(np.clip(f[:, 3] @ y[:, 3] / (f[:, 3] @ f[:, 3]), 0, 1))
+
+
+def test_calibration_slice_is_the_newest_windows_behind_an_embargo() -> None:
+    a = synthetic_set(1500, seed=11, window=16, invalid_every=7).ws
+    b = _later(synthetic_set(1500, seed=12, window=16).ws, 1500)
+    fit, cal = split_calibration([a, b], fraction=0.2, embargo_s=200)
+    valid_t = np.concatenate([s.anchor_times_ns[s.valid] for s in (a, b)])
+    fit_t = np.concatenate([s.anchor_times_ns[s.valid] for s in fit])
+    cal_t = np.concatenate([s.anchor_times_ns[s.valid] for s in cal])
+    assert len(cal_t) == len(valid_t) - int(np.floor(len(valid_t) * 0.8))  # the newest 20% of valid windows
+    assert cal_t.min() > valid_t.max() - 0.25 * (valid_t.max() - valid_t.min())
+    assert fit_t.max() < cal_t.min() - 200 * SECOND_NS  # every training label ends before the slice starts
+    # Valid windows only, and nothing lost but the 200 s in front of the slice.
+    assert set(fit_t) | set(cal_t) <= set(valid_t)
+    in_embargo = (valid_t >= cal_t.min() - 200 * SECOND_NS) & (valid_t < cal_t.min())
+    assert len(fit_t) + len(cal_t) + int(in_embargo.sum()) == len(valid_t)
+    # Nothing to set aside: all for training, no calibration.
+    assert split_calibration([a, b], fraction=0.0) == ([a, b], [])
+    small = synthetic_set(100, seed=13, window=16).ws
+    assert split_calibration([small], fraction=0.2) == ([small], [])
+    with pytest.raises(ValueError, match="fraction"):
+        split_calibration([a], fraction=1.0)
+
+
+def test_training_calibrates_on_windows_it_took_no_step_on() -> None:
+    s = synthetic_set(1200, seed=14, window=16)
+    fit, cal = split_calibration([s.ws], fraction=0.25)
+    cfg = tiny_config(window=16)
+
+    def run() -> tuple[object, object]:
+        model = new_model(cfg, fit, seed=0)
+        return model, train_model(model, fit, epochs=1, stride=2, seed=0, calibration_sets=cal)
+
+    model, result = run()
+    # Only the training part was stepped on: stride 2 over its valid windows.
+    assert result.windows_seen == len(select_windows(fit[0], 2))
+    factors = calibration_of(model)
+    assert result.extra["calibration"] == pytest.approx(list(factors))
+    assert result.extra["calibration_windows"] == int(cal[0].valid.sum())
+    assert np.all((factors >= 0) & (factors <= 1)) and np.any(factors < 1)
+    # The factors are the clipped least-squares scales of the UNcalibrated forecasts on the slice.
+    idx = np.flatnonzero(cal[0].valid)
+    calibrated = predict_returns(model, s.ws)[idx]
+    set_calibration(model, np.ones_like(factors))
+    raw = predict_returns(model, s.ws)[idx]
+    np.testing.assert_allclose(factors, calibration_factors(raw, s.ws.labels[idx]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(calibrated, raw * factors.astype(np.float32), rtol=1e-5, atol=1e-12)
+    # Deterministic, calibration included.
+    again, _ = run()
+    np.testing.assert_array_equal(calibration_of(again), factors)
+    # Without a slice the model stays uncalibrated (factor 1).
+    plain = new_model(cfg, fit, seed=0)
+    r = train_model(plain, fit, epochs=1, stride=2, seed=0)
+    assert r.extra["calibration_windows"] == 0
+    np.testing.assert_array_equal(calibration_of(plain), np.ones_like(factors))
+
+
+def test_fine_tune_recalibrates_on_its_own_slice_or_keeps_the_champions_factors() -> None:
+    old = synthetic_set(600, seed=15, window=16)
+    cfg = tiny_config(window=16)
+    champion = new_model(cfg, [old.ws], seed=0)
+    champion_factors = np.full(cfg.n_outputs, 0.5)
+    set_calibration(champion, champion_factors)
+    new = _later(synthetic_set(900, seed=16, window=16).ws, 600)
+    fit, cal = split_calibration([new], fraction=0.25)
+
+    tuned, result = fine_tune(champion, fit, [old.ws], stride=2, seed=0, calibration_sets=cal)
+    np.testing.assert_array_equal(calibration_of(champion), champion_factors)  # the champion is untouched
+    factors = calibration_of(tuned)
+    idx = np.flatnonzero(cal[0].valid)
+    set_calibration(tuned, np.ones_like(factors))
+    raw = predict_returns(tuned, new)[idx]
+    # Fitted to the tuned copy's own uncalibrated forecasts: the champion's 0.5 is not compounded into them.
+    np.testing.assert_allclose(factors, calibration_factors(raw, new.labels[idx]), rtol=1e-6, atol=1e-7)
+    assert result.extra["calibration_windows"] == len(idx)
+
+    kept, r = fine_tune(champion, [new], [old.ws], stride=2, seed=0)
+    assert r.extra["calibration_windows"] == 0
+    np.testing.assert_array_equal(calibration_of(kept), champion_factors)
+
+
+def test_pipeline_calibrates_on_training_windows_never_on_the_gates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_initial and fine_tune_champion: the calibration slice is the newest part of the training
+    windows, 200 s clear of them, and ends 200 s before the promotion gate's held-out tail begins."""
+    import cb_assets.model.train as train
+    from cb_assets.model.pipeline import TrainSettings, fine_tune_champion, split_holdout, train_initial
+
+    seen: dict[str, tuple[list[WindowSet], list[WindowSet]]] = {}
+
+    def spy(name: str, fn: object) -> object:
+        def wrapped(model: object, sets: list[WindowSet], *args: object, **kw: object) -> object:
+            seen[name] = (list(sets), list(kw["calibration_sets"]))
+            return fn(model, sets, *args, **kw)
+
+        return wrapped
+
+    monkeypatch.setattr(train, "train_model", spy("initial", train.train_model))
+    monkeypatch.setattr(train, "fine_tune", spy("fine_tune", train.fine_tune))
+    hours = [_later(synthetic_set(900, seed=20 + k, window=16).ws, 900 * k) for k in range(4)]
+    net = {"conv_filters": (16,), "conv_kernels": (4,), "conv_strides": (4,), "d_model": 16, "heads": 2}
+    settings = TrainSettings(network={**net, "ff_dim": 32, "head_units": 32}, seed=0)
+
+    initial = train_initial(hours[:2], hours[2], settings)
+    tuned = fine_tune_champion(initial.model, [("h3", hours[3])], hours[:3], settings)
+    for name, outcome, newest in (("initial", initial, hours[2]), ("fine_tune", tuned, hours[3])):
+        fit, cal = seen[name]
+        fit_t = np.concatenate([s.anchor_times_ns[s.valid] for s in fit])
+        cal_t = np.concatenate([s.anchor_times_ns[s.valid] for s in cal])
+        tail_t = split_holdout(newest)[1].anchor_times_ns[split_holdout(newest)[1].valid]
+        assert outcome.n_calibration_windows == len(cal_t) > 0 and outcome.n_train_windows == len(fit_t)
+        assert fit_t.max() < cal_t.min() - 200 * SECOND_NS
+        assert cal_t.max() < tail_t.min() - 200 * SECOND_NS
+        assert len(tail_t) == outcome.n_holdout_windows  # the gate still judges the whole tail
+        assert outcome.train_result.extra["calibration_windows"] > 0
+    # A fine-tune's slice comes from its new hour only (the replay hours were the champion's training data).
+    assert cal_t.min() >= hours[3].anchor_times_ns[0]

@@ -30,15 +30,21 @@ class PriceModelConfig(dg.Config):
     mode: str = "auto"  # auto (fine_tune when a champion exists, else initial) | initial | fine_tune
     # partition keys: the new hours (fine_tune) or the training range (initial); empty = the newest stored
     hours: list[str] = Field(default_factory=list)
-    initial_hours: int = 6  # initial training without `hours`: the newest stored hours
+    # Initial training without `hours`: the newest stored hours (fewer if fewer exist). A day rather than a
+    # few hours: on 6 hours the network memorised them and its held-out skill was strongly negative.
+    initial_hours: int = 24
     replay_hours: int = 6  # fine-tune: how many earlier trained hours the replay sample is drawn from
     epochs: int = 1
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
     replay_fraction: float = 0.25
-    stride: int = 2
+    # None: adapt to the amount of data (2 for an hour, about 24,000 windows per epoch from a day)
+    stride: int | None = None
     batch_size: int = 16
     seed: int = 0
+    weight_decay: float = 1e-4
+    # newest share of the training windows kept from the optimiser to fit the per-output calibration
+    calibration_fraction: float = 0.2
     conv_filters: list[int] = Field(default_factory=lambda: [64, 64])
     d_model: int = 64
     heads: int = 4
@@ -149,6 +155,8 @@ def price_model(
         stride=config.stride,
         batch_size=config.batch_size,
         seed=config.seed,
+        weight_decay=config.weight_decay,
+        calibration_fraction=config.calibration_fraction,
         network={
             "conv_filters": tuple(config.conv_filters),
             "d_model": config.d_model,

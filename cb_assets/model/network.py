@@ -10,6 +10,12 @@ The model carries its own normalisation: a `Standardize` layer holds the TRAININ
 takes raw features and returns raw log returns with nothing else to ship beside it. Training happens on the
 standardised head (`head_z`, see `standardised_head`): raw returns are ~1e-4, and an MSE on them would give
 gradients too small for the optimiser to make progress.
+
+`Destandardize` also holds one shrinkage factor per output (`calibration_of` / `set_calibration`), fitted
+after training on windows the optimiser never saw (train.calibrate). Most outputs have little or nothing
+to predict, and an MSE-trained network still spreads its forecasts there: on held-out data that spread is
+pure loss. A factor in [0, 1] per output scales each forecast towards 0 (persistence) by as much as held-out
+evidence supports; it is a weight of the model, so it travels in the `.keras` file with everything else.
 """
 
 from __future__ import annotations
@@ -129,10 +135,35 @@ class Standardize(_StoredStats):
 
 @keras.saving.register_keras_serializable(package="cb_assets")
 class Destandardize(_StoredStats):
-    """z * std + mean with the training label statistics: standardised head -> raw log returns."""
+    """(z * std + mean) * scale: standardised head -> raw log returns, with the training label statistics
+    and a per-output calibration factor (1 until `set_scale`; see the module docstring)."""
+
+    def __init__(
+        self, n_columns: int, column_names: list[str] | tuple[str, ...] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(n_columns, column_names, **kwargs)
+        self.scale = self.add_weight(
+            shape=(self.n_columns,), initializer="ones", trainable=False, name="scale"
+        )
+
+    def set_scale(self, scale: np.ndarray) -> None:
+        v = _checked(scale, self.n_columns, "scale")
+        if np.any(v < 0):
+            raise ValueError("scale must be >= 0 (a factor that flips a forecast is no calibration)")
+        self.scale.assign(v)
 
     def call(self, z: Any) -> Any:
-        return z * self.std + self.mean
+        return (z * self.std + self.mean) * self.scale
+
+    def load_own_variables(self, store: Any) -> None:
+        # Models saved before calibration existed hold (mean, std) only; they load with scale 1, i.e.
+        # exactly the forecasts they were saved with, so an older champion keeps serving and can be
+        # fine-tuned (its challenger is calibrated as usual).
+        if len(store.keys()) == 2:
+            self.mean.assign(store["0"])
+            self.std.assign(store["1"])
+            return
+        super().load_own_variables(store)
 
 
 @keras.saving.register_keras_serializable(package="cb_assets")
@@ -313,6 +344,16 @@ def label_stats_of(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) of the labels the model was first trained on, as stored in it."""
     layer = model.get_layer(OUTPUT_LAYER)
     return np.asarray(layer.mean.numpy()), np.asarray(layer.std.numpy())
+
+
+def calibration_of(model: keras.Model) -> np.ndarray:
+    """The per-output calibration factors stored in the model (all 1 for an uncalibrated one)."""
+    return np.asarray(model.get_layer(OUTPUT_LAYER).scale.numpy())
+
+
+def set_calibration(model: keras.Model, scale: np.ndarray) -> None:
+    """Store per-output calibration factors (>= 0) in `model`; its forecasts are multiplied by them."""
+    model.get_layer(OUTPUT_LAYER).set_scale(scale)
 
 
 def feature_stats_of(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,10 @@ champion and the fine-tuned challenger on the same held-out windows: the last th
 the challenger does not train on, separated from its training windows by an embargo of the longest horizon
 (a training label at t reaches t + 200 s; without the gap it would overlap the held-out windows' targets).
 Baselines (persistence, a ridge regression on the same features) are scored on the same windows.
+
+Both trainings set the newest part of their own training windows aside to calibrate the model's per-output
+shrinkage (train.split_calibration): never the held-out tail, which stays the gate's alone. A fine-tune
+recalibrates on its own slice of the new hours.
 """
 
 from __future__ import annotations
@@ -37,10 +41,20 @@ class TrainSettings:
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 2e-4
     replay_fraction: float = 0.25
-    stride: int = 2
+    # None: train.auto_stride (stride 2 for an hour, about WINDOWS_PER_EPOCH windows from a day of hours)
+    stride: int | None = None
     batch_size: int = 16
     seed: int = 0
+    weight_decay: float = 1e-4  # AdamW's decoupled weight decay
+    # newest share of the training windows that fits the calibration (train.CALIBRATION_FRACTION); 0: none
+    calibration_fraction: float = 0.2
     network: dict = field(default_factory=dict)  # NetworkConfig overrides (sizes)
+
+    def stride_for(self, n_windows: int) -> int:
+        """The stride to train `n_windows` valid windows with: the fixed one, or auto_stride's."""
+        from cb_assets.model.train import auto_stride
+
+        return self.stride if self.stride is not None else auto_stride(n_windows)
 
 
 @dataclass
@@ -51,8 +65,9 @@ class Outcome:
     reason: str
     holdout: dict[str, EvaluationReport]  # challenger, champion (if any), ridge, persistence
     prequential: dict[str, EvaluationReport]  # champion scored on each new hour before training on it
-    n_train_windows: int
+    n_train_windows: int  # valid windows the optimiser could draw from (calibration slice excluded)
     n_holdout_windows: int
+    n_calibration_windows: int = 0  # valid windows of the calibration slice (0: uncalibrated)
 
 
 def products_of(ws: WindowSet) -> list[str]:
@@ -113,30 +128,35 @@ def _network_config(ws: WindowSet, overrides: dict):
 
 def train_initial(older: Sequence[WindowSet], newest: WindowSet, settings: TrainSettings) -> Outcome:
     """A new model on the older hours plus the head of the newest; judged on the newest hour's tail."""
-    from cb_assets.model.train import new_model, train_model
+    from cb_assets.model.train import new_model, split_calibration, train_model
 
     head, tail = split_holdout(newest)
     train_sets = [s for s in (*older, head) if s.valid.any()]
-    n_train, n_hold = _n_valid(train_sets), int(tail.valid.sum())
-    if n_train == 0:
+    n_hold = int(tail.valid.sum())
+    if not train_sets:
         raise NotEnoughData(
             "no valid training windows in the given hours (cold start, gaps or missing products)"
         )
     if n_hold < MIN_HOLDOUT_WINDOWS:
         raise NotEnoughData(f"only {n_hold} held-out windows in the newest hour (need {MIN_HOLDOUT_WINDOWS})")
-    model = new_model(_network_config(newest, settings.network), train_sets, seed=settings.seed)
+    fit_sets, calibration_sets = split_calibration(train_sets, settings.calibration_fraction)
+    n_train = _n_valid(fit_sets)
+    model = new_model(_network_config(newest, settings.network), fit_sets, seed=settings.seed)
     result = train_model(
         model,
-        train_sets,
+        fit_sets,
         epochs=settings.epochs,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
-        stride=settings.stride,
+        stride=settings.stride_for(n_train),
         seed=settings.seed,
+        weight_decay=settings.weight_decay,
+        calibration_sets=calibration_sets,
     )
+    # The ridge baseline may fit on the calibration slice too: it is training data, only not the network's.
     holdout = {"challenger": score(model, tail), **_baselines(train_sets, tail)}
     promote, reason = compare(holdout["challenger"], None)
-    return Outcome(model, result, promote, reason, holdout, {}, n_train, n_hold)
+    return Outcome(model, result, promote, reason, holdout, {}, n_train, n_hold, _n_valid(calibration_sets))
 
 
 def fine_tune_champion(
@@ -147,27 +167,32 @@ def fine_tune_champion(
 ) -> Outcome:
     """Score the champion on every new hour (it has never seen them), fine-tune a copy on the new hours (minus
     the newest hour's held-out tail) with a replay sample, and decide on the held-out tail."""
-    from cb_assets.model.train import fine_tune
+    from cb_assets.model.train import fine_tune, split_calibration
 
     prequential = {key: score(champion, ws) for key, ws in new_hours if ws.valid.any()}
     *earlier, (_, newest) = new_hours
     head, tail = split_holdout(newest)
     train_sets = [s for s in (*(ws for _, ws in earlier), head) if s.valid.any()]
-    n_train, n_hold = _n_valid(train_sets), int(tail.valid.sum())
-    if n_train == 0:
+    n_hold = int(tail.valid.sum())
+    if not train_sets:
         raise NotEnoughData("no valid windows in the new hours to fine-tune on")
     if n_hold < MIN_HOLDOUT_WINDOWS:
         raise NotEnoughData(f"only {n_hold} held-out windows in the newest hour (need {MIN_HOLDOUT_WINDOWS})")
+    # The slice comes from the new hours only: the replay hours were the champion's training data.
+    fit_sets, calibration_sets = split_calibration(train_sets, settings.calibration_fraction)
+    n_train = _n_valid(fit_sets)
     challenger, result = fine_tune(
         champion,
-        train_sets,
+        fit_sets,
         [s for s in replay if s.valid.any()],
         learning_rate=settings.fine_tune_learning_rate,
         replay_fraction=settings.replay_fraction,
         epochs=settings.epochs,
         batch_size=settings.batch_size,
-        stride=settings.stride,
+        stride=settings.stride_for(n_train),
         seed=settings.seed,
+        weight_decay=settings.weight_decay,
+        calibration_sets=calibration_sets,
     )
     holdout = {
         "challenger": score(challenger, tail),
@@ -175,4 +200,6 @@ def fine_tune_champion(
         **_baselines([*train_sets, *replay], tail),
     }
     promote, reason = compare(holdout["challenger"], holdout["champion"])
-    return Outcome(challenger, result, promote, reason, holdout, prequential, n_train, n_hold)
+    return Outcome(
+        challenger, result, promote, reason, holdout, prequential, n_train, n_hold, _n_valid(calibration_sets)
+    )

@@ -9,10 +9,24 @@ Normalisation statistics: an initial training takes them from its training sets 
 ColumnStats, never evaluation data). A fine-tune keeps the champion's: every weight of the first layers
 was learned against inputs scaled by those numbers, so re-scaling the inputs under them would shift what
 the network sees and undo what it learned, with no gradient step to account for it.
+
+Calibration: `split_calibration` keeps the newest part of the training windows (in time, behind an embargo
+of the longest horizon) away from the optimiser; after training, `calibrate` fits one shrinkage factor per
+output on it, clip(<forecast, label> / <forecast, forecast>, 0, 1), the least-squares scale of the forecast
+limited to "keep it" or "shrink it towards 0". Trained models spread their forecasts even on outputs with
+nothing to predict; judged on windows the model never learned from, those outputs get a factor near 0
+and forecast persistence, while outputs with real signal keep theirs near 1. The slice is never the
+promotion gate's held-out windows (see pipeline.py): it is carved from the training data.
+
+Stride: `auto_stride` spreads a fixed budget of windows per epoch over however many hours are given, so
+an initial training on a day of hours sees many distinct stretches of market rather than one stretch many
+times (neighbouring windows share 999 of their 1000 seconds, and memorising a few hours was what made the
+network's held-out skill negative).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -28,26 +42,36 @@ from cb_assets.model.baselines import merged_stats, select_windows, stats_of
 from cb_assets.model.network import (
     NetworkConfig,
     build_model,
+    calibration_of,
     column_names_of,
     input_shape_of,
     label_stats_of,
     load_model,
+    predict_returns,
+    set_calibration,
     standardised_head,
 )
+from cb_assets.series.schema import HORIZONS_S, SECOND_NS
 from cb_assets.series.windows import WindowSet
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CALIBRATION_FRACTION",
     "DEFAULT_BATCH",
     "DEFAULT_STRIDE",
+    "WINDOWS_PER_EPOCH",
     "TrainResult",
     "WindowBatcher",
+    "auto_stride",
+    "calibrate",
+    "calibration_factors",
     "fine_tune",
     "lr_schedule",
     "merged_stats",
     "new_model",
     "select_windows",
+    "split_calibration",
     "stats_of",
     "train_model",
 ]
@@ -57,6 +81,20 @@ __all__ = [
 # neighbouring windows share 999 of 1000 seconds, so stride 1 adds little. bench/model.py measures it.
 DEFAULT_STRIDE = 2
 DEFAULT_BATCH = 16
+# `auto_stride`'s budget: windows per epoch when many hours are given. One hour's ~2,000 training windows
+# stay at DEFAULT_STRIDE; a day of hours is thinned to about this many, spread over all of them. Measured on
+# the simulated market of test_model_learning_e2e (default network, 24 h, one epoch, seed 0): ~11,000
+# windows (stride 6) left the planted output at 0.17 skill, ~22,000 (stride 3) reached 0.23, ~33,000
+# (stride 2, near-duplicate neighbours) fell back to 0.16 with a training loss showing memorisation.
+# The seed matters as much: at stride 3 seeds 1..3 gave 0.01, 0.20 and 0.28.
+WINDOWS_PER_EPOCH = 24_000
+# The newest share of the training windows set aside to fit the calibration factors: over a day of hours
+# ~4 h (~70 independent 200 s returns), enough for a factor's sign and size; it costs as much training data.
+CALIBRATION_FRACTION = 0.2
+# Fewer calibration windows than this and the factors would be noise: train on everything instead.
+MIN_CALIBRATION_WINDOWS = 60
+# More would only cost inference time: neighbouring windows give nearly the same forecast and label.
+MAX_CALIBRATION_WINDOWS = 4096
 
 
 @dataclass
@@ -249,6 +287,105 @@ def _pairs(set_id: int, idx: np.ndarray) -> np.ndarray:
     return np.stack([np.full(idx.shape, set_id, np.int64), idx.astype(np.int64)], axis=1)
 
 
+def _n_valid(sets: Sequence[WindowSet]) -> int:
+    return int(sum(int(np.count_nonzero(s.valid)) for s in sets))
+
+
+def auto_stride(
+    n_windows: int, windows_per_epoch: int = WINDOWS_PER_EPOCH, min_stride: int = DEFAULT_STRIDE
+) -> int:
+    """The stride that keeps about `windows_per_epoch` of `n_windows` valid windows (never below
+    `min_stride`): few hours train as before, many hours are thinned evenly instead of seen whole."""
+    return max(int(min_stride), -(-int(n_windows) // max(1, int(windows_per_epoch))))
+
+
+def split_calibration(
+    sets: Sequence[WindowSet],
+    fraction: float = CALIBRATION_FRACTION,
+    embargo_s: int = max(HORIZONS_S),
+) -> tuple[list[WindowSet], list[WindowSet]]:
+    """(training part, calibration slice) of `sets`: the newest `fraction` of their valid windows (by anchor
+    time) for calibration, and only windows more than `embargo_s` older than the slice for training.
+
+    The embargo keeps the training labels (which reach t + max horizon) from overlapping the slice's own
+    outcomes: the factors must be judged on outcomes the network never fitted. Returns (sets, []) (no
+    calibration) when `fraction` is 0 or either part would be too small to be of use.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"calibration fraction must be in [0, 1), got {fraction}")
+    sets = list(sets)
+    times = np.sort(np.concatenate([s.anchor_times_ns[s.valid] for s in sets])) if sets else np.empty(0)
+    k = int(np.floor(len(times) * (1.0 - fraction)))
+    if fraction == 0.0 or len(times) - k < MIN_CALIBRATION_WINDOWS:
+        return sets, []
+    cut = int(times[k])
+    fit = [
+        dataclasses.replace(s, valid=s.valid & (s.anchor_times_ns < cut - embargo_s * SECOND_NS))
+        for s in sets
+    ]
+    cal = [dataclasses.replace(s, valid=s.valid & (s.anchor_times_ns >= cut)) for s in sets]
+    fit, cal = [s for s in fit if s.valid.any()], [s for s in cal if s.valid.any()]
+    if not fit:
+        log.warning("too few windows to set a calibration slice aside: training on all, uncalibrated")
+        return sets, []
+    return fit, cal
+
+
+def calibration_factors(forecasts: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per output, clip(<forecast, label> / <forecast, forecast>, 0, 1): the least-squares scale of the
+    forecast, never above 1 (no amplifying on a small slice) nor below 0 (no flipped forecasts). An output
+    whose forecasts are all 0 gets 0 (any factor gives the same forecast)."""
+    f = np.asarray(forecasts, np.float64)
+    y = np.asarray(labels, np.float64)
+    num = np.einsum("ij,ij->j", f, y)
+    den = np.einsum("ij,ij->j", f, f)
+    safe = np.where(den > 0, den, 1.0)
+    return np.where(den > 0, np.clip(num / safe, 0.0, 1.0), 0.0)
+
+
+def calibrate(
+    model: keras.Model, sets: Sequence[WindowSet], max_windows: int = MAX_CALIBRATION_WINDOWS
+) -> tuple[np.ndarray, int]:
+    """Fit and store the model's calibration factors on the valid windows of `sets` (evenly thinned to at
+    most `max_windows`); returns (factors, windows used). The factors are fitted to the uncalibrated
+    forecasts, so recalibrating a calibrated model (a fine-tune's warm start) does not compound them."""
+    n = _n_valid(sets)
+    if n == 0:
+        raise ValueError("no valid windows to calibrate on")
+    stride = -(-n // max(1, max_windows))
+    pairs = np.concatenate([_pairs(s, select_windows(ws, stride)) for s, ws in enumerate(sets)], axis=0)
+    n_outputs = int(model.outputs[0].shape[-1])
+    # Raw labels: the batcher's standardisation with mean 0 and std 1 is the identity.
+    batcher = WindowBatcher(sets, np.zeros(n_outputs), np.ones(n_outputs))
+    set_calibration(model, np.ones(n_outputs))
+    forecasts = np.empty((len(pairs), n_outputs), np.float32)
+    labels = np.empty_like(forecasts)
+    # One predict batch of windows copied at a time: 64 x 1000 x 420 float32 is ~100 MB (256 would be 4x
+    # that, and measured slower to copy than to forecast).
+    for i in range(0, len(pairs), 64):
+        x, labels[i : i + 64] = batcher.gather(pairs[i : i + 64])
+        forecasts[i : i + 64] = predict_returns(model, x)
+    factors = calibration_factors(forecasts, labels)
+    set_calibration(model, factors)
+    log.info("calibrated on %d windows: factors %s", len(pairs), np.round(factors, 3).tolist())
+    return factors, len(pairs)
+
+
+def _calibrated(
+    model: keras.Model, result: TrainResult, calibration_sets: Sequence[WindowSet]
+) -> TrainResult:
+    calibration_sets = [s for s in calibration_sets if s.valid.any()]
+    if calibration_sets:
+        start = time.perf_counter()
+        factors, n = calibrate(model, calibration_sets)
+        result.extra["calibration_seconds"] = time.perf_counter() - start
+    else:
+        factors, n = calibration_of(model), 0
+    result.extra["calibration"] = [float(v) for v in factors]
+    result.extra["calibration_windows"] = n
+    return result
+
+
 def train_model(
     model: keras.Model,
     train_sets: Sequence[WindowSet],
@@ -262,13 +399,15 @@ def train_model(
     clipnorm: float = 1.0,
     loss: str = "mse",
     deterministic: bool = True,
+    calibration_sets: Sequence[WindowSet] = (),
 ) -> TrainResult:
-    """Train `model` in place on every `stride`-th valid window of `train_sets`, shuffled per epoch.
+    """Train `model` in place on every `stride`-th valid window of `train_sets`, shuffled per epoch, then
+    fit its calibration factors on `calibration_sets` (windows it took no step on; none: factors stay 1).
 
     The model must already hold its normalisation statistics (see `new_model`); the loss is on
     standardised labels. Each epoch draws a new stride offset and order from `seed`.
     """
-    _check_sets(model, train_sets)
+    _check_sets(model, [*train_sets, *calibration_sets])  # before training: a mismatch would waste it
     _seed_everything(seed, deterministic)
     rng = np.random.default_rng(seed)
 
@@ -279,7 +418,7 @@ def train_model(
         )
         return pairs[rng.permutation(len(pairs))], 0
 
-    return _fit(
+    result = _fit(
         model,
         train_sets,
         plan,
@@ -290,6 +429,7 @@ def train_model(
         clipnorm=clipnorm,
         loss=loss,
     )
+    return _calibrated(model, result, calibration_sets)
 
 
 def new_model(cfg: NetworkConfig, train_sets: Sequence[WindowSet], *, seed: int = 0) -> keras.Model:
@@ -326,20 +466,23 @@ def fine_tune(
     clipnorm: float = 1.0,
     loss: str = "mse",
     deterministic: bool = True,
+    calibration_sets: Sequence[WindowSet] = (),
 ) -> tuple[keras.Model, TrainResult]:
     """Warm-start a copy of the champion and train it on new windows mixed with a replay sample.
 
     Keeps the champion's feature and label statistics (see the module docstring). The learning rate is
     ~10x below an initial training's so the new hour adjusts the weights rather than overwriting them,
     and `replay_fraction` of the windows seen per epoch are drawn (without replacement, fresh each
-    epoch) from `replay_sets`, older data that limits forgetting. Returns (new model, result).
+    epoch) from `replay_sets`, older data that limits forgetting. The copy is then recalibrated on
+    `calibration_sets` (new windows it took no step on); without them it keeps the champion's factors.
+    Returns (new model, result).
     """
     if not 0.0 <= replay_fraction < 1.0:
         raise ValueError(f"replay_fraction must be in [0, 1), got {replay_fraction}")
     _seed_everything(seed, deterministic)
     model = _warm_start(champion)
     sets = [*new_sets, *replay_sets]
-    _check_sets(model, sets)
+    _check_sets(model, [*sets, *calibration_sets])
     rng = np.random.default_rng(seed)
     n_new = len(new_sets)
     replay_pool = (
@@ -372,4 +515,4 @@ def fine_tune(
         clipnorm=clipnorm,
         loss=loss,
     )
-    return model, result
+    return model, _calibrated(model, result, calibration_sets)
