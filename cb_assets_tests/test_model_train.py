@@ -318,3 +318,17 @@ def test_pipeline_calibrates_on_training_windows_never_on_the_gates(monkeypatch:
         assert outcome.train_result.extra["calibration_windows"] > 0
     # A fine-tune's slice comes from its new hour only (the replay hours were the champion's training data).
     assert cal_t.min() >= hours[3].anchor_times_ns[0]
+
+
+def test_holdout_split_keeps_the_tail_out_of_the_normalisation_statistics() -> None:
+    from cb_assets.model.pipeline import split_holdout
+    from cb_assets_tests.test_model_synthetic import synthetic_set
+
+    ws = synthetic_set(600, seed=3).ws
+    head, tail = split_holdout(ws)
+    # The head's statistics count exactly its own valid anchor rows: none from the tail, none from the embargo.
+    assert head.feature_stats is not None and head.label_stats is not None
+    assert int(head.feature_stats.count.max()) == int(head.valid.sum())
+    assert int(head.label_stats.count.max()) == int(head.valid.sum())
+    assert head.valid.sum() + tail.valid.sum() < ws.valid.sum()  # the embargo lies between them
+    assert not (head.valid & tail.valid).any()

@@ -42,7 +42,11 @@ def platform(make_database, tmp_path_factory) -> DagsterDev:
     with dagster_dev(env, work) as dev:
         # Two hours materialised by a job run in the same instance, as a user would from the UI.
         os.environ.update(dev.env)
+        # The resources read CB_* variables; fill in the computed defaults as the code location does on import.
+        from cb_assets.config import export_env, load_settings
         from cb_assets.definitions import defs
+
+        export_env(load_settings())
 
         with dg.DagsterInstance.from_config(str(dev.home)) as instance:
             job = defs.resolve_job_def("hourly_assets_job")

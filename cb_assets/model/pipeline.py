@@ -23,7 +23,7 @@ import numpy as np
 from cb_assets.model.baselines import RidgeBaseline
 from cb_assets.model.evaluate import EvaluationReport, compare, evaluate
 from cb_assets.series.schema import HORIZONS_S, SECOND_NS
-from cb_assets.series.windows import WindowSet
+from cb_assets.series.windows import ColumnStats, WindowSet
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,15 @@ def split_holdout(ws: WindowSet, fraction: float = HOLDOUT_FRACTION) -> tuple[Wi
     t = ws.anchor_times_ns
     cut = t[0] + int((t[-1] - t[0]) * (1 - fraction))
     embargo = max(HORIZONS_S) * SECOND_NS
-    head = dataclasses.replace(ws, valid=ws.valid & (t < cut - embargo))
+    head_valid = ws.valid & (t < cut - embargo)
+    # The hour's stored statistics cover all of it, the held-out tail included: the head gets its own, so the
+    # model's normalisation never sees the windows that judge it.
+    head = dataclasses.replace(
+        ws,
+        valid=head_valid,
+        feature_stats=ColumnStats.of(np.asarray(ws.features[ws.anchors[head_valid]], np.float64)),
+        label_stats=ColumnStats.of(np.asarray(ws.labels[head_valid], np.float64)),
+    )
     tail = dataclasses.replace(ws, valid=ws.valid & (t >= cut))
     return head, tail
 
