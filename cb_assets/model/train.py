@@ -10,13 +10,7 @@ ColumnStats, never evaluation data). A fine-tune keeps the champion's: every wei
 was learned against inputs scaled by those numbers, so re-scaling the inputs under them would shift what
 the network sees and undo what it learned, with no gradient step to account for it.
 
-Calibration: `split_calibration` keeps the newest part of the training windows (in time, behind an embargo
-of the longest horizon) away from the optimiser; after training, `calibrate` fits one shrinkage factor per
-output on it, clip(<forecast, label> / <forecast, forecast>, 0, 1), the least-squares scale of the forecast
-limited to "keep it" or "shrink it towards 0". Trained models spread their forecasts even on outputs with
-nothing to predict; judged on windows the model never learned from, those outputs get a factor near 0
-and forecast persistence, while outputs with real signal keep theirs near 1. The slice is never the
-promotion gate's held-out windows (see pipeline.py): it is carved from the training data.
+Calibration (the per-output shrinkage fitted on a slice the optimiser never sees) lives in calibration.py.
 
 Stride: `auto_stride` spreads a fixed budget of windows per epoch over however many hours are given, so
 an initial training on a day of hours sees many distinct stretches of market rather than one stretch many
@@ -26,7 +20,6 @@ network's held-out skill negative).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,19 +32,23 @@ import numpy as np
 import tensorflow as tf
 
 from cb_assets.model.baselines import merged_stats, select_windows, stats_of
+from cb_assets.model.batches import WindowBatcher, index_pairs
+from cb_assets.model.calibration import (
+    CALIBRATION_FRACTION,
+    calibrate,
+    calibrated,
+    calibration_factors,
+    split_calibration,
+)
 from cb_assets.model.network import (
     NetworkConfig,
     build_model,
-    calibration_of,
     column_names_of,
     input_shape_of,
     label_stats_of,
     load_model,
-    predict_returns,
-    set_calibration,
     standardised_head,
 )
-from cb_assets.series.schema import HORIZONS_S, SECOND_NS
 from cb_assets.series.windows import WindowSet
 
 log = logging.getLogger(__name__)
@@ -88,13 +85,6 @@ DEFAULT_BATCH = 16
 # (stride 2, near-duplicate neighbours) fell back to 0.16 with a training loss showing memorisation.
 # The seed matters as much: at stride 3 seeds 1..3 gave 0.01, 0.20 and 0.28.
 WINDOWS_PER_EPOCH = 24_000
-# The newest share of the training windows set aside to fit the calibration factors: over a day of hours
-# ~4 h (~70 independent 200 s returns), enough for a factor's sign and size; it costs as much training data.
-CALIBRATION_FRACTION = 0.2
-# Fewer calibration windows than this and the factors would be noise: train on everything instead.
-MIN_CALIBRATION_WINDOWS = 60
-# More would only cost inference time: neighbouring windows give nearly the same forecast and label.
-MAX_CALIBRATION_WINDOWS = 4096
 
 
 @dataclass
@@ -109,59 +99,6 @@ class TrainResult:
     learning_rate: float
     replay_windows: int = 0  # of windows_seen, how many came from replay sets
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class WindowBatcher:
-    """Copies batches of windows out of several WindowSets, given (set, window) index pairs.
-
-    Labels are standardised with the model's label statistics once per set (they are small); feature
-    windows are copied per batch from the strided views, so memory stays at one batch plus prefetch.
-    """
-
-    def __init__(self, sets: Sequence[WindowSet], label_mean: np.ndarray, label_std: np.ndarray) -> None:
-        self.sets = list(sets)
-        self.window = self.sets[0].window
-        self.n_features = int(self.sets[0].features.shape[1])
-        self.sources: list[Any] = []
-        for ws in self.sets:
-            try:
-                self.sources.append(ws.views())
-            except ValueError:
-                self.sources.append(None)  # non-consecutive anchors: copy window by window
-        mean = np.asarray(label_mean, np.float32)
-        std = np.asarray(label_std, np.float32)
-        self.z_labels = [((ws.labels - mean) / std).astype(np.float32) for ws in self.sets]
-
-    def gather(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        n = pairs.shape[0]
-        x = np.empty((n, self.window, self.n_features), dtype=np.float32)
-        y = np.empty((n, self.z_labels[0].shape[1]), dtype=np.float32)
-        for s in np.unique(pairs[:, 0]):
-            rows = np.flatnonzero(pairs[:, 0] == s)
-            idx = pairs[rows, 1]
-            src = self.sources[s]
-            if src is not None:
-                x[rows] = src[idx]  # fancy indexing on the view: copies just these windows
-            else:
-                for r, i in zip(rows, idx, strict=True):
-                    x[r] = self.sets[s].window_at(int(i))
-            y[rows] = self.z_labels[s][idx]
-        return x, y
-
-    def dataset(self, pairs: np.ndarray, batch_size: int) -> tf.data.Dataset:
-        """Batches of (raw features, standardised labels) in the order of `pairs`."""
-        shape_x = (None, self.window, self.n_features)
-        shape_y = (None, self.z_labels[0].shape[1])
-
-        def load(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            x, y = tf.numpy_function(self.gather, [batch], (tf.float32, tf.float32), stateful=False)
-            return tf.ensure_shape(x, shape_x), tf.ensure_shape(y, shape_y)
-
-        ds = tf.data.Dataset.from_tensor_slices(np.asarray(pairs, np.int64).reshape(-1, 2))
-        # One loader thread: a batch copy takes ~10 ms against ~200 ms of training per step, and the
-        # cores are better spent on the model. Prefetching overlaps the two.
-        return ds.batch(batch_size).map(load, num_parallel_calls=1, deterministic=True).prefetch(2)
 
 
 def _check_sets(model: keras.Model, sets: Sequence[WindowSet]) -> None:
@@ -283,107 +220,12 @@ def _fit(
     )
 
 
-def _pairs(set_id: int, idx: np.ndarray) -> np.ndarray:
-    return np.stack([np.full(idx.shape, set_id, np.int64), idx.astype(np.int64)], axis=1)
-
-
-def _n_valid(sets: Sequence[WindowSet]) -> int:
-    return int(sum(int(np.count_nonzero(s.valid)) for s in sets))
-
-
 def auto_stride(
     n_windows: int, windows_per_epoch: int = WINDOWS_PER_EPOCH, min_stride: int = DEFAULT_STRIDE
 ) -> int:
     """The stride that keeps about `windows_per_epoch` of `n_windows` valid windows (never below
     `min_stride`): few hours train as before, many hours are thinned evenly instead of seen whole."""
     return max(int(min_stride), -(-int(n_windows) // max(1, int(windows_per_epoch))))
-
-
-def split_calibration(
-    sets: Sequence[WindowSet],
-    fraction: float = CALIBRATION_FRACTION,
-    embargo_s: int = max(HORIZONS_S),
-) -> tuple[list[WindowSet], list[WindowSet]]:
-    """(training part, calibration slice) of `sets`: the newest `fraction` of their valid windows (by anchor
-    time) for calibration, and only windows more than `embargo_s` older than the slice for training.
-
-    The embargo keeps the training labels (which reach t + max horizon) from overlapping the slice's own
-    outcomes: the factors must be judged on outcomes the network never fitted. Returns (sets, []) (no
-    calibration) when `fraction` is 0 or either part would be too small to be of use.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"calibration fraction must be in [0, 1), got {fraction}")
-    sets = list(sets)
-    times = np.sort(np.concatenate([s.anchor_times_ns[s.valid] for s in sets])) if sets else np.empty(0)
-    k = int(np.floor(len(times) * (1.0 - fraction)))
-    if fraction == 0.0 or len(times) - k < MIN_CALIBRATION_WINDOWS:
-        return sets, []
-    cut = int(times[k])
-    fit = [
-        dataclasses.replace(s, valid=s.valid & (s.anchor_times_ns < cut - embargo_s * SECOND_NS))
-        for s in sets
-    ]
-    cal = [dataclasses.replace(s, valid=s.valid & (s.anchor_times_ns >= cut)) for s in sets]
-    fit, cal = [s for s in fit if s.valid.any()], [s for s in cal if s.valid.any()]
-    if not fit:
-        log.warning("too few windows to set a calibration slice aside: training on all, uncalibrated")
-        return sets, []
-    return fit, cal
-
-
-def calibration_factors(forecasts: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per output, clip(<forecast, label> / <forecast, forecast>, 0, 1): the least-squares scale of the
-    forecast, never above 1 (no amplifying on a small slice) nor below 0 (no flipped forecasts). An output
-    whose forecasts are all 0 gets 0 (any factor gives the same forecast)."""
-    f = np.asarray(forecasts, np.float64)
-    y = np.asarray(labels, np.float64)
-    num = np.einsum("ij,ij->j", f, y)
-    den = np.einsum("ij,ij->j", f, f)
-    safe = np.where(den > 0, den, 1.0)
-    return np.where(den > 0, np.clip(num / safe, 0.0, 1.0), 0.0)
-
-
-def calibrate(
-    model: keras.Model, sets: Sequence[WindowSet], max_windows: int = MAX_CALIBRATION_WINDOWS
-) -> tuple[np.ndarray, int]:
-    """Fit and store the model's calibration factors on the valid windows of `sets` (evenly thinned to at
-    most `max_windows`); returns (factors, windows used). The factors are fitted to the uncalibrated
-    forecasts, so recalibrating a calibrated model (a fine-tune's warm start) does not compound them."""
-    n = _n_valid(sets)
-    if n == 0:
-        raise ValueError("no valid windows to calibrate on")
-    stride = -(-n // max(1, max_windows))
-    pairs = np.concatenate([_pairs(s, select_windows(ws, stride)) for s, ws in enumerate(sets)], axis=0)
-    n_outputs = int(model.outputs[0].shape[-1])
-    # Raw labels: the batcher's standardisation with mean 0 and std 1 is the identity.
-    batcher = WindowBatcher(sets, np.zeros(n_outputs), np.ones(n_outputs))
-    set_calibration(model, np.ones(n_outputs))
-    forecasts = np.empty((len(pairs), n_outputs), np.float32)
-    labels = np.empty_like(forecasts)
-    # One predict batch of windows copied at a time: 64 x 1000 x 420 float32 is ~100 MB (256 would be 4x
-    # that, and measured slower to copy than to forecast).
-    for i in range(0, len(pairs), 64):
-        x, labels[i : i + 64] = batcher.gather(pairs[i : i + 64])
-        forecasts[i : i + 64] = predict_returns(model, x)
-    factors = calibration_factors(forecasts, labels)
-    set_calibration(model, factors)
-    log.info("calibrated on %d windows: factors %s", len(pairs), np.round(factors, 3).tolist())
-    return factors, len(pairs)
-
-
-def _calibrated(
-    model: keras.Model, result: TrainResult, calibration_sets: Sequence[WindowSet]
-) -> TrainResult:
-    calibration_sets = [s for s in calibration_sets if s.valid.any()]
-    if calibration_sets:
-        start = time.perf_counter()
-        factors, n = calibrate(model, calibration_sets)
-        result.extra["calibration_seconds"] = time.perf_counter() - start
-    else:
-        factors, n = calibration_of(model), 0
-    result.extra["calibration"] = [float(v) for v in factors]
-    result.extra["calibration_windows"] = n
-    return result
 
 
 def train_model(
@@ -414,7 +256,7 @@ def train_model(
     def plan(_: int) -> tuple[np.ndarray, int]:
         offset = int(rng.integers(stride))
         pairs = np.concatenate(
-            [_pairs(s, select_windows(ws, stride, offset)) for s, ws in enumerate(train_sets)], axis=0
+            [index_pairs(s, select_windows(ws, stride, offset)) for s, ws in enumerate(train_sets)], axis=0
         )
         return pairs[rng.permutation(len(pairs))], 0
 
@@ -429,7 +271,7 @@ def train_model(
         clipnorm=clipnorm,
         loss=loss,
     )
-    return _calibrated(model, result, calibration_sets)
+    return calibrated(model, result, calibration_sets)
 
 
 def new_model(cfg: NetworkConfig, train_sets: Sequence[WindowSet], *, seed: int = 0) -> keras.Model:
@@ -486,7 +328,7 @@ def fine_tune(
     rng = np.random.default_rng(seed)
     n_new = len(new_sets)
     replay_pool = (
-        np.concatenate([_pairs(n_new + s, np.flatnonzero(ws.valid)) for s, ws in enumerate(replay_sets)])
+        np.concatenate([index_pairs(n_new + s, np.flatnonzero(ws.valid)) for s, ws in enumerate(replay_sets)])
         if replay_sets
         else np.empty((0, 2), np.int64)
     )
@@ -494,7 +336,7 @@ def fine_tune(
     def plan(_: int) -> tuple[np.ndarray, int]:
         offset = int(rng.integers(stride))
         fresh = np.concatenate(
-            [_pairs(s, select_windows(ws, stride, offset)) for s, ws in enumerate(new_sets)], axis=0
+            [index_pairs(s, select_windows(ws, stride, offset)) for s, ws in enumerate(new_sets)], axis=0
         )
         want = round(len(fresh) * replay_fraction / (1.0 - replay_fraction))
         n_replay = min(want, len(replay_pool))
@@ -515,4 +357,4 @@ def fine_tune(
         clipnorm=clipnorm,
         loss=loss,
     )
-    return model, _calibrated(model, result, calibration_sets)
+    return model, calibrated(model, result, calibration_sets)
