@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
+
 from cb_assets.stack.procs import default_signals_preexec, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,20 @@ class DagsterDev:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @contextmanager
+    def instance(self) -> Iterator[dg.DagsterInstance]:
+        """The same instance, opened in this process (its dagster.yaml reads the storage URL from the env)."""
+        old = os.environ.get("CB_DAGSTER_DATABASE_URL")
+        os.environ["CB_DAGSTER_DATABASE_URL"] = self.env["CB_DAGSTER_DATABASE_URL"]
+        try:
+            with dg.DagsterInstance.from_config(str(self.home)) as inst:
+                yield inst
+        finally:
+            if old is None:
+                os.environ.pop("CB_DAGSTER_DATABASE_URL", None)
+            else:
+                os.environ["CB_DAGSTER_DATABASE_URL"] = old
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 60) -> dict:
         req = urllib.request.Request(

@@ -32,8 +32,9 @@ HOURS = (H0, H1, H2)
 
 
 @pytest.fixture(scope="module")
-def instance() -> dg.DagsterInstance:
-    with dg.instance_for_test() as inst:
+def instance(tmp_path_factory: pytest.TempPathFactory) -> dg.DagsterInstance:
+    # Under pytest's own temporary tree (kept until the session ends), not an anonymous /tmp directory.
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("dagster_instance"))) as inst:
         yield inst
 
 

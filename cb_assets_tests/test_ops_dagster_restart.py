@@ -57,9 +57,7 @@ def _cursor(dev: DagsterDev) -> dict:
 
 
 @pytest.mark.slow
-def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(
-    make_database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(make_database, tmp_path: Path) -> None:
     url = make_database()
     env = {
         "CB_DATABASE_URL": url,
@@ -85,8 +83,7 @@ def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(
         versions = _wait_versions(url, 2, timeout_s=600)
         time.sleep(70)  # two more sensor evaluations: nothing else may be requested
         after = _cursor(dev)
-        monkeypatch.setenv("CB_DAGSTER_DATABASE_URL", url)  # dagster.yaml reads the storage URL from it
-        with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+        with dev.instance() as instance:
             runs = [
                 r.dagster_run for r in instance.get_run_records(dg.RunsFilter(job_name="hourly_assets_job"))
             ]

@@ -48,7 +48,7 @@ def platform(make_database, tmp_path_factory) -> DagsterDev:
 
         export_env(load_settings())
 
-        with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+        with dev.instance() as instance:
             job = defs.resolve_job_def("hourly_assets_job")
             for hour in (UI_DAY, UI_DAY + timedelta(hours=1)):
                 result = job.execute_in_process(
@@ -161,7 +161,7 @@ def test_backfill_of_a_day_then_rerun_of_the_failed_hour_only(platform: DagsterD
 
     def materialisations() -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
-        with dg.DagsterInstance.from_config(str(platform.home)) as instance:
+        with platform.instance() as instance:
             for asset in blocked:
                 records = instance.fetch_materializations(
                     dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=partitions),
