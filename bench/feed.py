@@ -22,7 +22,8 @@ import orjson
 from cb_assets.config import DEFAULT_PRODUCTS
 from cb_assets.feed.protocol import parse_frame, parse_rfc3339_ns, tickers
 from cb_assets.feed.simulate import LeadLag, SimulatedSource, simulate_ticks
-from cb_assets.stream.producer import TickProducer, ensure_topic
+from cb_assets.stream.producer import TickProducer
+from cb_assets.stream.topics import ensure_topic
 
 START = parse_rfc3339_ns("2024-05-01T00:00:00Z")
 

@@ -54,8 +54,9 @@ from cb_assets.series.schema import HOUR_S
 from cb_assets.stack.broker import broker_binary, broker_command
 from cb_assets.stack.postgres import EmbeddedPostgres
 from cb_assets.stack.procs import free_port, terminate_tree, wait_for_port
-from cb_assets.stream.producer import TickProducer, ensure_topic
+from cb_assets.stream.producer import TickProducer
 from cb_assets.stream.sink import CommittedBatch, Sink, SinkConfig
+from cb_assets.stream.topics import ensure_topic
 
 # Far enough in the past that 100+ simulated hours never reach "now" (the sink refuses future ticks).
 START = parse_rfc3339_ns("2024-05-01T00:00:00Z")

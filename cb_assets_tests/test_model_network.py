@@ -12,10 +12,9 @@ import keras
 import numpy as np
 import pytest
 
+from cb_assets.model.layers import Standardize, TransformerBlock
 from cb_assets.model.network import (
     NetworkConfig,
-    Standardize,
-    TransformerBlock,
     build_model,
     calibration_of,
     column_names_of,

@@ -17,7 +17,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cb_assets.feed.runner import run_feed
 from cb_assets.feed.simulate import SimulatedSource
-from cb_assets.stream.producer import TickProducer, ensure_topic, topic_partitions
+from cb_assets.stream.producer import TickProducer
+from cb_assets.stream.topics import ensure_topic, topic_partitions
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD", "DOGE-USD", "ETH-BTC", "SOL-ETH")
 

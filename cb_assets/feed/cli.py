@@ -80,7 +80,8 @@ def build_source(args: argparse.Namespace, settings: Settings, kind: str, on_gap
 async def _run(args: argparse.Namespace, settings: Settings, kind: str) -> int:
     from cb_assets.feed.gaps import GapWriter
     from cb_assets.feed.runner import run_feed
-    from cb_assets.stream.producer import TickProducer, ensure_topic
+    from cb_assets.stream.producer import TickProducer
+    from cb_assets.stream.topics import ensure_topic
 
     gaps = GapWriter(settings.database_url, kind)
     source = build_source(args, settings, kind, gaps)

@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 
 def _cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
-    from cb_assets.stream.producer import ensure_topic
     from cb_assets.stream.sink import Sink, SinkConfig
+    from cb_assets.stream.topics import ensure_topic
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
