@@ -27,27 +27,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import os
-import shutil
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+from bench_services import postgres_server
 
 from cb_assets.config import DEFAULT_PRODUCTS
-from cb_assets.db.connection import connect, drop_database, ensure_database, wait_for_postgres, with_database
+from cb_assets.db.connection import connect
 from cb_assets.db.migrate import migrate
-from cb_assets.defs.io_managers import WindowsIOManager
 from cb_assets.defs.partitions import partition_key
-from cb_assets.defs.resources import ArtifactStore, MarketResource, PostgresResource
+from cb_assets.defs.resources import resources_for
 from cb_assets.series.window_store import WindowStore
-from cb_assets.stack.postgres import EmbeddedPostgres
-from cb_assets.stack.procs import free_port
 from cb_assets.stream.seed import simulate_rows, write_rows
 
 ASSET_NAMES = ("raw_ticks", "filled_series", "indicators", "training_windows")
@@ -60,36 +55,8 @@ FIRST_HOUR = datetime(2024, 3, 1, tzinfo=UTC)
 @contextlib.contextmanager
 def database() -> Iterator[str]:
     """URL of an empty database for this run, removed afterwards (with its server when we started one)."""
-    external = os.environ.get("CB_DATABASE_URL", "").strip()
-    if external:
-        url = with_database(external, f"cb_bench_{uuid.uuid4().hex[:10]}")
-        ensure_database(url)
-        try:
-            yield url
-        finally:
-            drop_database(url)
-        return
-    tmp = Path(tempfile.mkdtemp(prefix="cb-bench-pg-"))
-    server = EmbeddedPostgres(tmp / "data", free_port(), tmp / "postgres.log")
-    server.start()
-    try:
-        url = server.url_base + "/cb_bench"
-        wait_for_postgres(server.url_base + "/postgres", timeout_s=30)
-        ensure_database(url)
-        yield url
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def resources(url: str, home: Path, products: Sequence[str]) -> dict[str, object]:
-    """As cb_assets_tests.assets_support.resources, with the products given."""
-    return {
-        "postgres": PostgresResource(database_url=url),
-        "market": MarketResource(products=",".join(products), hour_grace_s=120),
-        "artifacts": ArtifactStore(base_dir=str(home / "artifacts")),
-        "windows_io_manager": WindowsIOManager(base_dir=str(home / "windows")),
-    }
+    with postgres_server() as pg:
+        yield pg.fresh_database(migrated=False)
 
 
 def assets_defs(names: Sequence[str]) -> list[dg.AssetsDefinition]:
@@ -191,7 +158,7 @@ def main() -> None:
             f"written in {t_write:.1f} s"
         )
 
-        res = resources(url, Path(home), products)
+        res = resources_for(url, Path(home), products)
         with dg.instance_for_test() as instance:
             ok, wall, _ = run(ASSET_NAMES, res, instance, partition_key(warm), partition_key(warm))
             print(f"warm-up hour {partition_key(warm)}, all assets, one run: {wall:.1f} s (not counted)")

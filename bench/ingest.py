@@ -30,30 +30,23 @@ import contextlib
 import logging
 import math
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 import psutil
+from bench_services import PostgresServer, kafka_bootstrap, postgres_server
 from confluent_kafka import Producer
 
 from cb_assets.config import DEFAULT_PRODUCTS
-from cb_assets.db.connection import connect, drop_database, ensure_database, wait_for_postgres, with_database
-from cb_assets.db.migrate import migrate
+from cb_assets.db.connection import connect
 from cb_assets.feed.protocol import parse_rfc3339_ns
 from cb_assets.feed.simulate import simulate_ticks
 from cb_assets.series.schema import HOUR_S
-from cb_assets.stack.broker import broker_binary, broker_command
-from cb_assets.stack.postgres import EmbeddedPostgres
-from cb_assets.stack.procs import free_port, terminate_tree, wait_for_port
 from cb_assets.stream.producer import TickProducer
 from cb_assets.stream.sink import CommittedBatch, Sink, SinkConfig
 from cb_assets.stream.topics import ensure_topic
@@ -71,81 +64,22 @@ P99_TARGET_S = 1.0
 
 @dataclass
 class Services:
-    server_url: str  # …/postgres on the server where the bench creates its databases
+    pg: PostgresServer
     bootstrap: str
-    postmaster: psutil.Process | None = None  # the embedded server's, to account its CPU time
-    databases: list[str] = field(default_factory=list)
 
     def cpu_seconds(self) -> tuple[float, float | None]:
         """CPU time used so far by this process (the sink's threads) and by the embedded PostgreSQL."""
         me = psutil.Process().cpu_times()
-        pg: float | None = None
-        if self.postmaster is not None:
-            with contextlib.suppress(psutil.Error):
-                # Backends that exited are in the postmaster's children_* times, live ones are counted here.
-                t = self.postmaster.cpu_times()
-                pg = t.user + t.system + t.children_user + t.children_system
-                for child in self.postmaster.children():
-                    with contextlib.suppress(psutil.Error):
-                        c = child.cpu_times()
-                        pg += c.user + c.system
-        return me.user + me.system, pg
+        return me.user + me.system, self.pg.cpu_seconds()
 
     def fresh_database(self) -> str:
-        url = with_database(self.server_url, f"cb_bench_{uuid.uuid4().hex[:10]}")
-        ensure_database(url)
-        self.databases.append(url)
-        migrate(url)
-        return url
+        return self.pg.fresh_database()
 
 
 @contextlib.contextmanager
 def services() -> Iterator[Services]:
-    with contextlib.ExitStack() as stack:
-        postmaster: psutil.Process | None = None
-        external_db = os.environ.get("CB_DATABASE_URL", "").strip()
-        if external_db:
-            server_url = with_database(external_db, "postgres")
-            print("PostgreSQL: CB_DATABASE_URL (fresh databases on that server)")
-        else:
-            tmp = Path(tempfile.mkdtemp(prefix="cb-bench-pg-"))
-            stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-            server = EmbeddedPostgres(tmp / "data", free_port(), tmp / "postgres.log")
-            server.start()
-            stack.callback(server.stop)
-            server_url = server.url_base + "/postgres"
-            print(f"PostgreSQL: embedded, started here on port {server.port}")
-            with contextlib.suppress(OSError, ValueError, IndexError, psutil.Error):
-                postmaster = psutil.Process(int((tmp / "data" / "postmaster.pid").read_text().split()[0]))
-        wait_for_postgres(server_url, timeout_s=30)
-
-        bootstrap = os.environ.get("CB_KAFKA_BOOTSTRAP", "").strip()
-        if bootstrap:
-            print(f"Kafka: CB_KAFKA_BOOTSTRAP={bootstrap}")
-        else:
-            port = free_port()
-            broker_log = stack.enter_context(
-                tempfile.NamedTemporaryFile(prefix="cb-bench-broker-", suffix=".log")
-            )
-            proc = subprocess.Popen(
-                broker_command(broker_binary(), "127.0.0.1", port),
-                stdout=broker_log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            stack.callback(terminate_tree, proc.pid)
-            wait_for_port("127.0.0.1", port, 20)
-            bootstrap = f"127.0.0.1:{port}"
-            print(f"Kafka: bundled broker, started here on port {port}")
-
-        svc = Services(server_url, bootstrap, postmaster)
-        try:
-            yield svc
-        finally:
-            for url in svc.databases:
-                with contextlib.suppress(Exception):
-                    drop_database(url)
+    with postgres_server() as pg, kafka_bootstrap() as bootstrap:
+        yield Services(pg, bootstrap)
 
 
 # -- data ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ export_env(load_settings())
 
 from cb_assets.defs.filled_series import filled_series  # noqa: E402  (needs the exported environment)
 from cb_assets.defs.indicators import indicators  # noqa: E402
-from cb_assets.defs.io_managers import WindowsIOManager  # noqa: E402
 from cb_assets.defs.jobs import fine_tune_job, hourly_assets_job  # noqa: E402
 from cb_assets.defs.price_model import price_model  # noqa: E402
 from cb_assets.defs.raw_ticks import raw_ticks  # noqa: E402
@@ -29,8 +28,5 @@ defs = dg.Definitions(
     jobs=[hourly_assets_job, fine_tune_job],
     schedules=[hourly_assets_schedule],
     sensors=[raw_ticks_sensor],
-    resources={
-        **default_resources(),
-        "windows_io_manager": WindowsIOManager(base_dir=dg.EnvVar("CB_WINDOWS_DIR")),
-    },
+    resources=default_resources(),
 )

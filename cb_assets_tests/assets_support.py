@@ -13,8 +13,7 @@ import pandas as pd
 
 from cb_assets.db.connection import connect
 from cb_assets.db.series_store import read_frame
-from cb_assets.defs.io_managers import WindowsIOManager
-from cb_assets.defs.resources import ArtifactStore, MarketResource, PostgresResource, WindowStoreResource
+from cb_assets.defs.resources import resources_for
 from cb_assets.series.indicators import FEATURE_NAMES
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD", "ETH-BTC")
@@ -30,13 +29,7 @@ def key_of(h: datetime) -> str:
 
 
 def resources(database_url: str, home: Path, products: Sequence[str] = PRODUCTS) -> dict[str, object]:
-    return {
-        "postgres": PostgresResource(database_url=database_url),
-        "market": MarketResource(products=",".join(products), hour_grace_s=120),
-        "artifacts": ArtifactStore(base_dir=str(home / "artifacts")),
-        "windows_io_manager": WindowsIOManager(base_dir=str(home / "windows")),
-        "windows": WindowStoreResource(base_dir=str(home / "windows")),
-    }
+    return dict(resources_for(database_url, home, products))
 
 
 def assets(*names: str) -> list[dg.AssetsDefinition]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,6 +10,7 @@ import dagster as dg
 import psycopg
 
 from cb_assets.db.connection import connect
+from cb_assets.defs.io_managers import WindowsIOManager
 from cb_assets.series.window_store import WindowStore
 
 
@@ -57,7 +58,8 @@ class WindowStoreResource(dg.ConfigurableResource):
         return WindowStore(self.base_dir)
 
 
-def default_resources() -> dict[str, dg.ConfigurableResource]:
+def default_resources() -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
+    """What the code location runs with: every value from the CB_* environment that config.py exported."""
     return {
         "postgres": PostgresResource(database_url=dg.EnvVar("CB_DATABASE_URL")),
         "market": MarketResource(
@@ -65,4 +67,20 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "artifacts": ArtifactStore(base_dir=dg.EnvVar("CB_ARTIFACTS_DIR")),
         "windows": WindowStoreResource(base_dir=dg.EnvVar("CB_WINDOWS_DIR")),
+        "windows_io_manager": WindowsIOManager(base_dir=dg.EnvVar("CB_WINDOWS_DIR")),
+    }
+
+
+def resources_for(
+    database_url: str, home: Path, products: Sequence[str], *, hour_grace_s: int = 120
+) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
+    """The same resources with literal values, for in-process runs (tests, benchmarks) that bring their own
+    database and directory instead of the environment's."""
+    windows = str(home / "windows")
+    return {
+        "postgres": PostgresResource(database_url=database_url),
+        "market": MarketResource(products=",".join(products), hour_grace_s=hour_grace_s),
+        "artifacts": ArtifactStore(base_dir=str(home / "artifacts")),
+        "windows": WindowStoreResource(base_dir=windows),
+        "windows_io_manager": WindowsIOManager(base_dir=windows),
     }
