@@ -204,7 +204,10 @@ def test_broker_outage_is_counted_and_memory_stays_bounded() -> None:
         counters = producer.close(1)
     finally:
         broker.stop()
-    assert high_water <= 200 and counters.max_queued <= 200  # the buffer limit held throughout
+    # The buffer limit held throughout. len(producer) also counts librdkafka's queued requests and delivery
+    # reports, so it may pass the 200-message limit by a few; growth without bound would pass it by hundreds.
+    assert high_water <= 205 and counters.max_queued <= 205
+    assert high_water >= 150  # and the buffer did fill up, so the bound was actually tested
     assert counters.buffer_full > 0 and counters.blocked_s > 0  # the feed was made to wait
     # Nothing vanished: every message is either delivered or counted (and reported) as failed.
     assert counters.produced == 500

@@ -86,7 +86,9 @@ class ProducerCounters:
     failed: int = 0  # reported as failed (timeout, broker error, purge at close)
     buffer_full: int = 0  # times produce found the buffer full and had to wait
     blocked_s: float = 0.0  # total time spent waiting for room
-    max_queued: int = 0  # high-water mark of messages held by librdkafka
+    # High-water mark of len(producer): librdkafka's messages plus the few requests and delivery reports it
+    # has queued besides them, so it may pass max_buffer_messages by a handful (the message limit itself holds).
+    max_queued: int = 0
     bytes_produced: int = 0
     client_errors: int = 0  # broker-level errors (connection refused, all brokers down...)
     compression_downgrades: int = 0
