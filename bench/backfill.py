@@ -42,8 +42,8 @@ from cb_assets.db.connection import connect
 from cb_assets.db.migrate import migrate
 from cb_assets.defs.partitions import partition_key
 from cb_assets.defs.resources import resources_for
+from cb_assets.feed.seed import simulate_rows, write_rows
 from cb_assets.series.window_store import WindowStore
-from cb_assets.stream.seed import simulate_rows, write_rows
 
 ASSET_NAMES = ("raw_ticks", "filled_series", "indicators", "training_windows")
 TARGET_S = 180.0

@@ -1,4 +1,4 @@
-"""Speed of the feed room: the simulated market, frame parsing, and Kafka producing.
+"""Speed of the feed: the simulated market, frame parsing, and Kafka producing.
 
 Run: `python bench/feed.py` (about half a minute). Goals:
 - `simulate_ticks` for 24 h x 12 products in seconds, not minutes (printed: seconds, ticks/s);
@@ -20,8 +20,10 @@ from collections.abc import Callable
 import orjson
 
 from cb_assets.config import DEFAULT_PRODUCTS
-from cb_assets.feed.protocol import parse_frame, parse_rfc3339_ns, tickers
-from cb_assets.feed.simulate import LeadLag, SimulatedSource, simulate_ticks
+from cb_assets.feed.market import LeadLag
+from cb_assets.feed.protocol import parse_frame, tickers
+from cb_assets.feed.simulate import SimulatedSource, simulate_ticks
+from cb_assets.feed.timestamps import parse_rfc3339_ns
 from cb_assets.stream.producer import TickProducer
 from cb_assets.stream.topics import ensure_topic
 

@@ -44,8 +44,8 @@ from confluent_kafka import Producer
 
 from cb_assets.config import DEFAULT_PRODUCTS
 from cb_assets.db.connection import connect
-from cb_assets.feed.protocol import parse_rfc3339_ns
 from cb_assets.feed.simulate import simulate_ticks
+from cb_assets.feed.timestamps import parse_rfc3339_ns
 from cb_assets.series.schema import HOUR_S
 from cb_assets.stream.producer import TickProducer
 from cb_assets.stream.sink import CommittedBatch, Sink, SinkConfig

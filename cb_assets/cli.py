@@ -1,4 +1,4 @@
-"""The `cb-assets` command: parses arguments and calls into the rooms; no logic of its own.
+"""The `cb-assets` command: parses arguments and calls into the packages; no logic of its own.
 
 Heavy imports (Dagster, TensorFlow, Kafka) happen inside the command that needs them so `--help` stays instant.
 """
@@ -66,7 +66,7 @@ def _add_db(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(handler=_cmd_db_migrate)
 
 
-# Commands from other rooms register themselves here (kept in their own modules to keep this file small).
+# Commands of other packages register themselves here (kept in their own modules to keep this file small).
 _EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 

@@ -1,6 +1,6 @@
-"""Registrars for the commands that belong to other rooms (feed, sink, up, predict, recordings).
+"""Registrars for the commands that belong to other packages (feed, sink, up, predict, recordings).
 
-Each registrar adds one sub-command to the parser; the handlers import their room lazily.
+Each registrar adds one sub-command to the parser; the handlers import their package lazily.
 """
 
 from __future__ import annotations

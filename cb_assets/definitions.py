@@ -1,27 +1,25 @@
-"""The one place that assembles the Dagster code location (`workspace.yaml` loads this module).
+"""The one place that assembles the Dagster code location (`workspace.yaml` and `dg` load this module).
 
-Settings are validated here, once, at load time; the computed local defaults are exported as CB_* variables so
-that the resources' `dg.EnvVar`s resolve in every process Dagster starts. Nothing heavy (TensorFlow) is imported
-at module level anywhere below: sensors are evaluated in this process and time out after 60 s.
+Importing it has no side effects: resources name their CB_* variables with `dg.EnvVar` (the UI shows names,
+never values) and resolve them when a run, sensor or schedule starts. `cb-assets up` passes the resolved
+settings to the processes it starts; for a bare `dagster dev`, `cb-assets services up` writes them to a
+`.env` that Dagster loads from the working directory. Nothing heavy (TensorFlow) is imported at module level
+anywhere below: sensors are evaluated in this process and time out after 60 s.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from cb_assets.config import export_env, load_settings
-
-export_env(load_settings())
-
-from cb_assets.defs.filled_series import filled_series  # noqa: E402  (needs the exported environment)
-from cb_assets.defs.indicators import indicators  # noqa: E402
-from cb_assets.defs.jobs import fine_tune_job, hourly_assets_job  # noqa: E402
-from cb_assets.defs.price_model import price_model  # noqa: E402
-from cb_assets.defs.raw_ticks import raw_ticks  # noqa: E402
-from cb_assets.defs.resources import default_resources  # noqa: E402
-from cb_assets.defs.schedules import hourly_assets_schedule  # noqa: E402
-from cb_assets.defs.sensors import raw_ticks_sensor  # noqa: E402
-from cb_assets.defs.training_windows import training_windows  # noqa: E402
+from cb_assets.defs.filled_series import filled_series
+from cb_assets.defs.indicators import indicators
+from cb_assets.defs.jobs import fine_tune_job, hourly_assets_job
+from cb_assets.defs.price_model import price_model
+from cb_assets.defs.raw_ticks import raw_ticks
+from cb_assets.defs.resources import default_resources
+from cb_assets.defs.schedules import hourly_assets_schedule
+from cb_assets.defs.sensors import raw_ticks_sensor
+from cb_assets.defs.training_windows import training_windows
 
 defs = dg.Definitions(
     assets=[raw_ticks, filled_series, indicators, training_windows, price_model],

@@ -68,7 +68,7 @@ def table_slice(database_url: str, table: str, start: datetime, end: datetime) -
         "indicators": ("product_id", "time", "warm", *FEATURE_NAMES),
     }[table]
     if cols is None:
-        from cb_assets.defs.filled_series import FILLED_TYPES
+        from cb_assets.db.series_store import FILLED_TYPES
 
         cols = tuple(FILLED_TYPES)
     with connect(database_url) as conn:

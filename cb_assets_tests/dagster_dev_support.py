@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cb_assets.stack.dagster_home import write_instance_yaml
 from cb_assets.stack.procs import default_signals_preexec, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def dagster_dev(env: dict[str, str], workdir: Path, ready_timeout_s: float = 180
     """Start `dagster dev -w workspace.yaml` on a free port with a DAGSTER_HOME on PostgreSQL storage."""
     home = workdir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    write_instance_yaml(home)
     port = free_port()
     full_env = dict(os.environ, **env, DAGSTER_HOME=str(home))
     log = workdir / "dagster-dev.log"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,13 +10,15 @@ from pathlib import Path
 
 import dagster as dg
 
+from cb_assets.stack.dagster_home import write_instance_yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _dagster_home(tmp_path: Path) -> Path:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    write_instance_yaml(home)
     return home
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from cb_assets.db.connection import connect
+from cb_assets.feed.seed import simulate_rows, write_rows
 from cb_assets.series.window_store import WindowStore
-from cb_assets.stream.seed import simulate_rows, write_rows
 from cb_assets_tests.assets_support import (
     ASSET_NAMES,
     HOUR,

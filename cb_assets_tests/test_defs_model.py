@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from cb_assets.db.connection import connect
-from cb_assets.defs.sensors import SensorCursor, newest_complete_hour, raw_ticks_sensor
+from cb_assets.defs.sensors import SensorCursor, raw_ticks_sensor
+from cb_assets.feed.seed import simulate_rows, write_rows
 from cb_assets.model import registry
-from cb_assets.stream.seed import simulate_rows, write_rows
+from cb_assets.series.clock import newest_complete_hour
 from cb_assets_tests.assets_support import (
     ASSET_NAMES,
     HOUR,

@@ -8,7 +8,7 @@ import random
 from collections import defaultdict
 
 from cb_assets.feed.coinbase import CoinbaseFeed, ReconnectPolicy, probe_async
-from cb_assets.feed.protocol import GapRecord
+from cb_assets.feed.sequence import GapRecord
 from cb_assets_tests.fake_coinbase import (
     FakeCoinbase,
     error_frame,

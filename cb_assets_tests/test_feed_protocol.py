@@ -11,19 +11,17 @@ import pytest
 from cb_assets.feed.protocol import (
     ErrorFrame,
     HeartbeatFrame,
-    ProtocolError,
-    SequenceTracker,
     SubscriptionsFrame,
     TickerBatchFrame,
     UnknownFrame,
     build_envelope,
-    format_rfc3339_ns,
     parse_frame,
-    parse_rfc3339_ns,
     subscribe_message,
     subscribe_messages,
     tickers,
 )
+from cb_assets.feed.sequence import SequenceTracker
+from cb_assets.feed.timestamps import ProtocolError, format_rfc3339_ns, parse_rfc3339_ns
 
 # 2023-02-09T20:30:37Z in whole seconds, worked out by datetime (which is exact to the second).
 _BASE_S = int(datetime(2023, 2, 9, 20, 30, 37, tzinfo=UTC).timestamp())

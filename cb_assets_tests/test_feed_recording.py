@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cb_assets.feed.protocol import TickerBatchFrame, parse_frame, parse_rfc3339_ns
+from cb_assets.feed.protocol import TickerBatchFrame, parse_frame
 from cb_assets.feed.recording import from_trades, iter_lines
 from cb_assets.feed.replay import ReplaySource
+from cb_assets.feed.timestamps import parse_rfc3339_ns
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TRADES = DATA / "questdb_sample-datasets" / "btc_trades.csv.gz"

@@ -8,15 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cb_assets.feed.protocol import (
-    GapRecord,
-    build_envelope,
-    format_rfc3339_ns,
-    parse_frame,
-    parse_rfc3339_ns,
-)
+from cb_assets.feed.protocol import build_envelope, parse_frame
 from cb_assets.feed.recording import FrameRecorder, iter_lines
 from cb_assets.feed.replay import ReplaySource, last_timestamp_ns
+from cb_assets.feed.sequence import GapRecord
+from cb_assets.feed.timestamps import format_rfc3339_ns, parse_rfc3339_ns
 
 T0 = parse_rfc3339_ns("2024-03-01T12:00:00.123456789Z")
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cb_assets.feed.protocol import GapRecord, build_envelope, parse_rfc3339_ns
+from cb_assets.feed.protocol import build_envelope
 from cb_assets.feed.recording import iter_lines
 from cb_assets.feed.replay import ReplaySource
 from cb_assets.feed.runner import run_feed
+from cb_assets.feed.sequence import GapRecord
 from cb_assets.feed.simulate import SimulatedSource
+from cb_assets.feed.source import FrameSource
+from cb_assets.feed.timestamps import parse_rfc3339_ns
 
 START = parse_rfc3339_ns("2024-05-01T10:00:00Z")
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-ETH")
@@ -80,39 +83,59 @@ def _ticker(price: str) -> dict[str, str]:
     }
 
 
-async def _bare() -> AsyncIterator[str]:
-    for seq, price in [(0, "1.5"), (1, "2.5"), (4, "3.5")]:
-        ts = f"2024-05-01T10:00:0{seq}.000000001Z"
-        yield build_envelope("ticker_batch", ts, seq, [{"type": "update", "tickers": [_ticker(price)]}])
-    yield "garbage"
-    yield '{"type": "error", "message": "nope"}'
+class ListSource(FrameSource):
+    """Frames from a list, accounted for like a replay's (parse, count, sequence checks)."""
+
+    source = "replay"
+
+    def __init__(self, frames: list[str], connection_id: str) -> None:
+        super().__init__()
+        self._frames = iter(frames)
+        self._conn = connection_id
+
+    async def __anext__(self) -> str:
+        try:
+            text = next(self._frames)
+        except StopIteration:
+            raise StopAsyncIteration from None
+        self._account(text, self._conn)
+        return text
 
 
-def test_bare_iterator_gets_the_runners_own_sequence_checks() -> None:
+def _frames_with_a_gap() -> list[str]:
+    out = [
+        build_envelope(
+            "ticker_batch",
+            f"2024-05-01T10:00:0{seq}.000000001Z",
+            seq,
+            [{"type": "update", "tickers": [_ticker(p)]}],
+        )
+        for seq, p in [(0, "1.5"), (1, "2.5"), (4, "3.5")]
+    ]
+    return [*out, "garbage", '{"type": "error", "message": "nope"}']
+
+
+def test_sequence_gaps_and_bad_frames_are_reported_and_the_rest_goes_on() -> None:
     gaps: list[GapRecord] = []
     out = ListProducer()
-    counters = asyncio.run(
-        run_feed(_bare(), out, on_gap=gaps.append, source_kind="replay", connection_id="file-a")
-    )
+    counters = asyncio.run(run_feed(ListSource(_frames_with_a_gap(), "file-a"), out, on_gap=gaps.append))
     assert [m["price"] for m in out.messages] == ["1.5", "2.5", "3.5"]
     assert {(m["source"], m["connection_id"]) for m in out.messages} == {("replay", "file-a")}
     assert out.messages[0]["time"] == "2024-05-01T10:00:00.000000001Z"
     assert [(g.from_seq, g.to_seq) for g in gaps] == [(1, 4)]
-    assert (counters.frames, counters.parse_errors, counters.ignored, counters.gaps) == (5, 1, 1, 1)
+    assert (counters.frames, counters.parse_errors, counters.ignored) == (5, 1, 1)
     # The unparseable frame is dead-lettered with its reason and original text, not dropped.
     assert counters.dead_lettered == 1
     assert out.rejected[0][0] == "garbage" and "unparseable frame" in out.rejected[0][1]
 
 
 def test_a_bad_ticker_is_dead_lettered_and_the_good_ones_go_on() -> None:
-    async def frames() -> AsyncIterator[str]:
-        bad = dict(_ticker("2.0"), price="abc")
-        yield build_envelope(
-            "ticker_batch", "2024-05-01T10:00:00Z", 0, [{"type": "update", "tickers": [_ticker("1.0"), bad]}]
-        )
-
+    bad = dict(_ticker("2.0"), price="abc")
+    frame = build_envelope(
+        "ticker_batch", "2024-05-01T10:00:00Z", 0, [{"type": "update", "tickers": [_ticker("1.0"), bad]}]
+    )
     out = ListProducer()
-    counters = asyncio.run(run_feed(frames(), out, source_kind="replay", connection_id="f"))
+    counters = asyncio.run(run_feed(ListSource([frame], "f"), out))
     assert [m["price"] for m in out.messages] == ["1.0"]
     assert counters.dead_lettered == 1 and "price='abc'" in out.rejected[0][1]
 

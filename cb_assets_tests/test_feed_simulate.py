@@ -8,15 +8,11 @@ import numpy as np
 import pytest
 
 from cb_assets.config import DEFAULT_PRODUCTS
-from cb_assets.feed.protocol import (
-    GapRecord,
-    HeartbeatFrame,
-    SubscriptionsFrame,
-    TickerBatchFrame,
-    parse_frame,
-    parse_rfc3339_ns,
-)
-from cb_assets.feed.simulate import LeadLag, SimulatedSource, SimulatedTicks, oracle_skill, simulate_ticks
+from cb_assets.feed.market import LeadLag, oracle_skill
+from cb_assets.feed.protocol import HeartbeatFrame, SubscriptionsFrame, TickerBatchFrame, parse_frame
+from cb_assets.feed.sequence import GapRecord
+from cb_assets.feed.simulate import SimulatedSource, SimulatedTicks, simulate_ticks
+from cb_assets.feed.timestamps import parse_rfc3339_ns
 from cb_assets.series.schema import SERIES_COLUMNS
 
 START = parse_rfc3339_ns("2024-05-01T00:00:00Z")

@@ -1,11 +1,9 @@
 """End to end: the real chain must find a lead-lag planted in a simulated market, and nothing without it.
 
-Chain, all in memory (no database): `simulate_ticks` -> `fill_product_hour` (Kalman) -> the indicators
-asset's transformation -> `training_windows` partitions -> `train_initial` of the real network with the
-platform's default settings (seeded, deterministic) -> forecasts on held-out windows.
-`cb_assets.model.experiment` runs the chain with the pure functions; the first test checks it against the
-assets' own `indicators_for_hour` and `windows_for_hour` on one hour, so the rest really tests the pipeline
-the assets run.
+Chain, all in memory (no database): `simulate_ticks` -> `fill_product_hour` (Kalman) -> `indicators_of_hour`
+-> `training_windows` partitions -> `train_initial` of the real network with the platform's default settings
+(seeded, deterministic) -> forecasts on held-out windows. `cb_assets.model.experiment` runs the chain with
+the shared per-hour core the assets call (test_defs_assets checks the materialised assets against it).
 
 The market: BTC-USD, ETH-USD, SOL-USD; ETH-USD's log return over the next 20 s = 1.0 x BTC-USD's over the
 last 20 s + ETH's own moves (`LeadLag`). The second market is the same seed without the relation: BTC-USD and
@@ -39,8 +37,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cb_assets.feed.market import oracle_skill
-from cb_assets.feed.simulate import LeadLag, SimulatedTicks, simulate_ticks
+from cb_assets.feed.market import LeadLag, oracle_skill
+from cb_assets.feed.simulate import SimulatedTicks, simulate_ticks
 from cb_assets.model.evaluate import ALL
 from cb_assets.model.experiment import (
     HOUR_NS,
@@ -53,7 +51,7 @@ from cb_assets.model.experiment import (
     window_sets,
 )
 from cb_assets.model.pipeline import TrainSettings
-from cb_assets.series.schema import HORIZONS_S, SECOND_NS, SERIES_COLUMNS
+from cb_assets.series.schema import HORIZONS_S, SECOND_NS
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START_NS = int(pd.Timestamp("2024-03-04", tz="UTC").value)
@@ -127,36 +125,6 @@ def _latent_oracle_skill(market: Market) -> float:
     lo, hi = first - h, last + h + 1  # the rule needs h seconds before the first anchor and after the last
     x, z = market.sim.latent(LEAD_LAG.leader)[lo:hi], market.sim.latent(LEAD_LAG.follower)[lo:hi]
     return oracle_skill(x, z, LEAD_LAG, every=1).skill
-
-
-def test_pure_chain_matches_the_assets_transformation(with_signal: Market) -> None:
-    """One hour through the assets' own functions (fed long frames, as read from the tables) gives the same
-    windows bit for bit."""
-    from cb_assets.defs.indicators import indicators_for_hour
-    from cb_assets.defs.training_windows import windows_for_hour
-
-    hour = pd.Timestamp(HOURS_NS[3], unit="ns", tz="UTC")
-    one = pd.Timedelta(hours=1)
-
-    def filled_rows(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-        cols = ["causal", "price", *(f"{c}_filtered" for c in SERIES_COLUMNS)]
-        parts = []
-        for p in PRODUCTS:
-            f = with_signal.series[p].filled.loc[start : end - pd.Timedelta(seconds=1), cols]
-            parts.append(f.reset_index(names="time").assign(product_id=p))
-        return pd.concat(parts, ignore_index=True)
-
-    # Each indicator hour reads the filled rows of itself and the hour before; the windows read two hours.
-    indicators = [indicators_for_hour(filled_rows(h - one, h + one), h, PRODUCTS) for h in (hour - one, hour)]
-    observed = filled_rows(hour - one, hour + one)[["product_id", "time", "price"]]
-    expected = windows_for_hour(pd.concat(indicators, ignore_index=True), observed, hour, PRODUCTS)
-    got = window_sets(with_signal.series, PRODUCTS, [HOURS_NS[3]])[0]
-
-    assert expected.valid.sum() == 3600
-    np.testing.assert_array_equal(got.features, expected.features)
-    np.testing.assert_array_equal(got.labels, expected.labels)
-    np.testing.assert_array_equal(got.valid, expected.valid)
-    assert got.feature_names == expected.feature_names
 
 
 def test_network_learns_the_planted_lead_lag(with_signal: Market) -> None:

@@ -16,8 +16,9 @@ import pytest
 
 from cb_assets.db.connection import connect, ensure_database, wait_for_postgres
 from cb_assets.db.migrate import migrate
-from cb_assets.feed.protocol import build_envelope, format_rfc3339_ns
+from cb_assets.feed.protocol import build_envelope
 from cb_assets.feed.simulate import simulate_ticks
+from cb_assets.feed.timestamps import format_rfc3339_ns
 from cb_assets.stack.broker import BundledBroker
 from cb_assets.stack.postgres import EmbeddedPostgres
 from cb_assets.stack.procs import free_port

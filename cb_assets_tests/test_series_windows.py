@@ -1,4 +1,4 @@
-"""Window sets: the partition rule, labels, validity, views, leakage, statistics, storage and batches."""
+"""Window sets: the partition rule, labels, validity, views, leakage, statistics and storage."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cb_assets.model.baselines import merged_stats
 from cb_assets.series.indicators import FEATURE_NAMES, compute_indicators
 from cb_assets.series.windows import (
     ColumnStats,
     WindowSet,
     build_window_set,
-    iter_batches,
     load_window_set,
-    merge_stats,
     save_window_set,
 )
 from cb_assets_tests.test_series_indicators import synthetic_inputs
@@ -217,7 +216,7 @@ def test_statistics_cover_distinct_rows_and_merge(sets: dict[int, WindowSet]) ->
         )
     # Merging consecutive partitions counts every second once. Hour 3's first 399 windows are invalid, but
     # their anchor rows lie inside the history of its first valid window: all 2 x 3600 seconds count.
-    feats, labels = merge_stats([sets[3], sets[4]])
+    feats, labels = merged_stats([sets[3], sets[4]])
     seconds = np.union1d(*(s.row_times_ns()[covered_owned_rows(s)] for s in (sets[3], sets[4])))
     assert feats.count[0] == seconds.size == 2 * 3600
     both = np.concatenate([sets[3].labels[sets[3].valid], sets[4].labels[sets[4].valid]]).astype(np.float64)
@@ -239,19 +238,3 @@ def test_save_and_load_memory_maps(tmp_path, sets: dict[int, WindowSet]) -> None
         np.testing.assert_array_equal(getattr(loaded, name).total_sq, getattr(ws, name).total_sq)
     in_ram = load_window_set(tmp_path / "h3", mmap=False)
     assert not isinstance(in_ram.features, np.memmap)
-
-
-def test_iter_batches_yields_every_valid_window_once(market: Market) -> None:
-    # Short windows keep the copied batches small; the logic does not depend on the length.
-    chosen = [
-        build_window_set(market.features, market.observed, PRODUCTS, hour(h), window=20) for h in (3, 4)
-    ]
-    assert chosen[0].valid.sum() > 0
-    ordered = list(iter_batches(chosen, 700, shuffle=False))
-    ys = np.concatenate([y for _, y in ordered])
-    np.testing.assert_array_equal(ys, np.concatenate([s.labels[s.valid] for s in chosen]))
-    first_valid = np.flatnonzero(chosen[0].valid)[:700]
-    np.testing.assert_array_equal(ordered[0][0], chosen[0].views()[first_valid])
-    shuffled = np.concatenate([y for _, y in iter_batches(chosen, 700, shuffle=True, seed=5)])
-    assert not np.array_equal(shuffled, ys)
-    np.testing.assert_array_equal(np.sort(shuffled, axis=0), np.sort(ys, axis=0))

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from cb_assets.db.connection import connect
-from cb_assets.stream.seed import simulate_rows, write_rows
+from cb_assets.feed.seed import simulate_rows, write_rows
 from cb_assets_tests.dagster_dev_support import DagsterDev, dagster_dev
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")

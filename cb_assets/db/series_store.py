@@ -1,32 +1,22 @@
-"""Reading hours of the raw and derived tables into pandas, and replacing an hour's slice atomically.
+"""Reading hours of the time-keyed tables into pandas, and replacing an hour's slice atomically.
 
-Every hourly partition reads and writes whole [start, end) time ranges; these helpers are the only SQL the
-asset code runs against the data tables, so the indexes in sql/ are designed around them.
+Every hourly partition reads and writes whole [start, end) time ranges of raw_ticks, filled_series and
+indicators; the indexes in sql/ are designed around these reads and writes.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import sql
 
-from cb_assets.series.schema import SERIES_COLUMNS
-
-RAW_READ_COLUMNS: tuple[str, ...] = (
-    "product_id",
-    "time",
-    *SERIES_COLUMNS,
-    "best_bid",
-    "best_ask",
-    "received_at",
-    "source",
-)
-
+from cb_assets.series.fill import FILLED_COLUMNS, FilledHour
+from cb_assets.series.indicators import FEATURE_NAMES
 
 _BOOL_COLUMNS = frozenset({"observed", "causal", "warm"})
 _TEXT_COLUMNS = frozenset({"product_id", "source"})
@@ -98,8 +88,12 @@ def read_frame(
     return frame
 
 
-def read_raw_ticks(conn: psycopg.Connection, start: datetime, end: datetime) -> pd.DataFrame:
-    return read_frame(conn, "raw_ticks", RAW_READ_COLUMNS, start, end)
+def has_rows(conn: psycopg.Connection, table: str, start: datetime, end: datetime) -> bool:
+    """Whether `table` holds any row with start <= time < end (an index probe)."""
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE time >= %s AND time < %s)").format(
+        sql.Identifier(table)
+    )
+    return bool(conn.execute(query, (start, end)).fetchone()[0])
 
 
 def replace_slice(
@@ -158,3 +152,51 @@ def replace_hour_rows(
                 ),
                 rows,
             )
+
+
+FILLED_TYPES: dict[str, str] = {
+    "product_id": "text",
+    "time": "timestamptz",
+    "observed": "bool",
+    "causal": "bool",
+    **dict.fromkeys(FILLED_COLUMNS, "float8"),
+}
+INDICATOR_TYPES: dict[str, str] = {
+    "product_id": "text",
+    "time": "timestamptz",
+    "warm": "bool",
+    **dict.fromkeys(FEATURE_NAMES, "float8"),
+}
+_KALMAN_PARAMS = ("hour", "product_id", "field", "q", "r", "em_iterations", "converged", "fitted_on")
+
+
+def write_filled_hour(
+    conn: psycopg.Connection, hour: datetime, frame: pd.DataFrame, filled: Sequence[FilledHour]
+) -> None:
+    """Replace the hour's filled_series rows and the Kalman parameters it was filtered with."""
+    end = hour + timedelta(hours=1)
+    replace_slice(conn, "filled_series", hour, end, frame, FILLED_TYPES)
+    rows = [
+        (hour, fh.product_id, p.field, p.q, p.r, p.em_iterations, p.converged, p.fitted_on)
+        for fh in filled
+        for p in fh.params
+    ]
+    replace_hour_rows(conn, "kalman_params", "hour", [hour], rows, _KALMAN_PARAMS)
+
+
+def write_indicators_hour(conn: psycopg.Connection, hour: datetime, frame: pd.DataFrame) -> None:
+    replace_slice(conn, "indicators", hour, hour + timedelta(hours=1), frame, INDICATOR_TYPES)
+
+
+def filled_hours_count(conn: psycopg.Connection) -> int:
+    """How many hours have been filled (one kalman_params set per hour)."""
+    return int(conn.execute("SELECT count(DISTINCT hour) FROM kalman_params").fetchone()[0])
+
+
+def newest_anchor_warm_for_all(conn: psycopg.Connection, n_products: int) -> datetime | None:
+    """The newest second at which all `n_products` products have warm indicators."""
+    row = conn.execute(
+        "SELECT time FROM indicators WHERE warm GROUP BY time HAVING count(*) = %s ORDER BY time DESC LIMIT 1",
+        (n_products,),
+    ).fetchone()
+    return row[0] if row else None

@@ -5,14 +5,13 @@ newest tick is not past its end plus the grace period: computing it now would fr
 training windows already exist, or a run for it is queued or running (the sensor usually got there first).
 """
 
-from datetime import timedelta
-
 import dagster as dg
 
+from cb_assets.db.raw_store import newest_tick
 from cb_assets.defs.jobs import hourly_assets_job
-from cb_assets.defs.partitions import partition_key
 from cb_assets.defs.resources import MarketResource, PostgresResource
 from cb_assets.defs.training_windows import TRAINING_WINDOWS
+from cb_assets.series.clock import HOUR, floor_hour, is_complete, partition_key
 
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
@@ -32,12 +31,11 @@ _ACTIVE = [
 def hourly_assets_schedule(
     context: dg.ScheduleEvaluationContext, postgres: PostgresResource, market: MarketResource
 ) -> dg.RunRequest | dg.SkipReason:
-    scheduled = context.scheduled_execution_time
-    hour = scheduled.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    hour = floor_hour(context.scheduled_execution_time) - HOUR
     key = partition_key(hour)
     with postgres.connection() as conn:
-        newest = conn.execute("SELECT max(time) FROM raw_ticks").fetchone()[0]
-    if newest is None or newest < hour + timedelta(hours=1, seconds=market.hour_grace_s):
+        newest = newest_tick(conn)
+    if not is_complete(hour, newest, market.hour_grace_s):
         return dg.SkipReason(f"{key} is not complete in the data yet (newest tick {newest})")
     instance = context.instance
     done = instance.get_materialized_partitions(TRAINING_WINDOWS)

@@ -14,6 +14,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
+from cb_assets.series import tick_rules
 from cb_assets.series.indicators import FEATURES, WARM_DESCRIPTION
 from cb_assets.series.schema import SERIES_COLUMNS
 
@@ -26,30 +27,52 @@ class _Strict(pa.DataFrameModel):
         coerce = False
 
 
-class RawTicksModel(_Strict):
-    """One hour of the Kafka-fed raw table: one row per product and envelope time."""
+def _tick_rule_check(name: str) -> Any:
+    """A dataframe-level pandera check that is the tick rule `name` (series.tick_rules) over the frame."""
 
-    product_id: Series[str] = pa.Field(description="Coinbase product id, e.g. BTC-USD")
-    time: Series[UTC_NS] = pa.Field(description="ticker_batch envelope time (floored to the microsecond)")
-    price: Series[float] = pa.Field(gt=0, description="last trade price")
-    volume_24_h: Series[float] = pa.Field(ge=0, description="24 h traded volume (base currency)")
-    low_24_h: Series[float] = pa.Field(gt=0, description="24 h low")
-    high_24_h: Series[float] = pa.Field(gt=0, description="24 h high")
-    low_52_w: Series[float] = pa.Field(gt=0, description="52 week low")
-    high_52_w: Series[float] = pa.Field(gt=0, description="52 week high")
-    price_percent_chg_24_h: Series[float] = pa.Field(description="24 h price change in percent")
-    best_bid: Series[float] = pa.Field(nullable=True, gt=0, description="best bid (ticker channel only)")
-    best_ask: Series[float] = pa.Field(nullable=True, gt=0, description="best ask (ticker channel only)")
-    received_at: Series[UTC_NS] = pa.Field(description="when the sink committed the row")
-    source: Series[str] = pa.Field(description="live | replay | simulated")
+    def check(cls: type, df: pd.DataFrame) -> Series[bool]:
+        if name == "product_time_unique":
+            broken = df.duplicated(["product_id", "time"], keep=False).to_numpy()
+        else:
+            bid = df["best_bid"].to_numpy(dtype=float)
+            ask = df["best_ask"].to_numpy(dtype=float)
+            broken = tick_rules.violations(df[list(SERIES_COLUMNS)].to_numpy(dtype=float), bid, ask)[name]
+        return pd.Series(~broken, index=df.index)
 
-    @pa.dataframe_check(error="low_24_h must be <= high_24_h")
-    def low_24_h_not_above_high(cls, df: pd.DataFrame) -> Series[bool]:
-        return df["low_24_h"] <= df["high_24_h"]
+    check.__name__ = name
+    return pa.dataframe_check(check, name=name, error=f"{name}: {tick_rules.RULES[name].description}")
 
-    @pa.dataframe_check(error="(product_id, time) must be unique")
-    def product_time_unique(cls, df: pd.DataFrame) -> Series[bool]:
-        return ~df.duplicated(["product_id", "time"], keep=False)
+
+_raw_columns: dict[str, tuple[Any, Any]] = {
+    "product_id": (str, pa.Field(description="Coinbase product id, e.g. BTC-USD")),
+    "time": (UTC_NS, pa.Field(description="ticker_batch envelope time (floored to the microsecond)")),
+    "price": (float, pa.Field(description="last trade price")),
+    "volume_24_h": (float, pa.Field(description="24 h traded volume (base currency)")),
+    "low_24_h": (float, pa.Field(description="24 h low")),
+    "high_24_h": (float, pa.Field(description="24 h high")),
+    "low_52_w": (float, pa.Field(description="52 week low")),
+    "high_52_w": (float, pa.Field(description="52 week high")),
+    "price_percent_chg_24_h": (float, pa.Field(description="24 h price change in percent")),
+    "best_bid": (float, pa.Field(nullable=True, description="best bid (ticker channel only)")),
+    "best_ask": (float, pa.Field(nullable=True, description="best ask (ticker channel only)")),
+    "received_at": (UTC_NS, pa.Field(description="when the sink committed the row")),
+    "source": (str, pa.Field(description="live | replay | simulated")),
+}
+# Every tick rule that needs no partition bounds (time_inside_partition is the asset check's alone).
+_raw_rules = [
+    r.name for r in (*tick_rules.VALUE_RULES, *tick_rules.HOUR_RULES) if r.name != "time_inside_partition"
+]
+
+RawTicksModel = type(
+    "RawTicksModel",
+    (_Strict,),
+    {
+        "__doc__": "One hour of the Kafka-fed raw table: one row per product and envelope time.",
+        "__annotations__": {c: Series[t] for c, (t, _) in _raw_columns.items()},
+        **{c: f for c, (_, f) in _raw_columns.items()},
+        **{f"rule_{name}": _tick_rule_check(name) for name in _raw_rules},
+    },
+)
 
 
 def _build(name: str, doc: str, base: type[pa.DataFrameModel], columns: dict[str, tuple[Any, Any]]) -> type:

@@ -13,14 +13,15 @@ No TensorFlow here: sensors are evaluated in the code server and time out after 
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
 
 import dagster as dg
 
+from cb_assets.db.raw_store import raw_clock
 from cb_assets.defs.jobs import fine_tune_job, hourly_assets_job
-from cb_assets.defs.partitions import HOUR, hour_start, hourly_partitions, partition_key
+from cb_assets.defs.partitions import hourly_partitions
 from cb_assets.defs.resources import MarketResource, PostgresResource, WindowStoreResource
 from cb_assets.model.pipeline import MIN_HOLDOUT_WINDOWS
+from cb_assets.series.clock import HOUR, floor_hour, hour_start, newest_complete_hour, partition_key
 
 # A fine-tune needs held-out windows in the newest hour; hours with fewer valid windows are passed over.
 MIN_VALID_WINDOWS = 3 * MIN_HOLDOUT_WINDOWS
@@ -41,15 +42,6 @@ class SensorCursor:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def _floor_hour(t: datetime) -> datetime:
-    return t.replace(minute=0, second=0, microsecond=0)
-
-
-def newest_complete_hour(newest_tick: datetime, grace_s: int) -> datetime:
-    """The last hour whose end + grace lies at or before the data clock."""
-    return _floor_hour(newest_tick - timedelta(seconds=grace_s)) - HOUR
-
-
 @dg.sensor(
     name="raw_ticks_sensor",
     jobs=[hourly_assets_job, fine_tune_job],
@@ -66,16 +58,15 @@ def raw_ticks_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = SensorCursor.parse(context.cursor)
     with postgres.connection() as conn:
-        first, newest, received = conn.execute(
-            "SELECT min(time), max(time), max(received_at) FROM raw_ticks"
-        ).fetchone()
+        clock = raw_clock(conn)
+    first, newest, received = clock.first_tick, clock.newest_tick, clock.newest_received
     if newest is None:
         return dg.SkipReason("raw_ticks is empty: no feed has delivered ticks yet")
     cursor.newest_tick, cursor.newest_received_at = newest.isoformat(), received.isoformat()
     requests: list[dg.RunRequest] = []
 
     complete = newest_complete_hour(newest, market.hour_grace_s)
-    earliest = max(_floor_hour(first), hour_start(hourly_partitions.start.strftime("%Y-%m-%d-%H:%M")))
+    earliest = max(floor_hour(first), floor_hour(hourly_partitions.start))
     start = hour_start(cursor.requested_through) + HOUR if cursor.requested_through else earliest
     if start <= complete:
         first_key, last_key = partition_key(start), partition_key(complete)

@@ -8,7 +8,6 @@ hour as sums, so a trainer merges exactly the hours it trains on.
 """
 
 from collections.abc import Iterator
-from datetime import datetime
 
 import dagster as dg
 import numpy as np
@@ -17,17 +16,14 @@ import pandas as pd
 from cb_assets.db.series_store import read_frame
 from cb_assets.defs.filled_series import FILLED_SERIES
 from cb_assets.defs.hour_outcomes import HourOutcomes
-from cb_assets.defs.indicators import INDICATORS, upstream_problems
-from cb_assets.defs.partitions import (
-    HOUR,
-    hourly_partitions,
-    hours_in,
-    partition_key,
-    previous_and_current_hour,
-)
+from cb_assets.defs.indicators import INDICATORS
+from cb_assets.defs.partitions import hourly_partitions, hours_in, previous_and_current_hour
 from cb_assets.defs.plots import as_markdown, bars
 from cb_assets.defs.resources import MarketResource, PostgresResource, WindowStoreResource
 from cb_assets.defs.schemas import TrainingWindowsModel, column_schema, describe_failures, validate
+from cb_assets.defs.upstream import upstream_problems
+from cb_assets.series.clock import HOUR, partition_key
+from cb_assets.series.hourly import by_product
 from cb_assets.series.indicators import FEATURE_NAMES
 from cb_assets.series.windows import WindowSet, build_window_set
 
@@ -51,18 +47,6 @@ def window_index_frame(ws: WindowSet) -> pd.DataFrame:
             "label_abs_max": abs_max,
         }
     )
-
-
-def windows_for_hour(
-    indicators: pd.DataFrame, observed: pd.DataFrame, hour: datetime, products: tuple[str, ...]
-) -> WindowSet:
-    """WindowSet of `hour` from indicator and observed-price rows covering [hour - 1h, hour + 1h)."""
-    feats = {
-        p: g.set_index("time").drop(columns="product_id")
-        for p, g in indicators.groupby("product_id", sort=False)
-    }
-    prices = {p: g.set_index("time")["price"] for p, g in observed.groupby("product_id", sort=False)}
-    return build_window_set(feats, prices, list(products), pd.Timestamp(hour))
 
 
 @dg.asset(
@@ -113,11 +97,10 @@ def training_windows(
             cur_obs = read_frame(conn, "filled_series", _OBS_READ, hour, hour + HOUR)
             key = partition_key(hour)
             if key not in blocked:
-                ws = windows_for_hour(
-                    pd.concat([prev_ind, cur_ind], ignore_index=True),
-                    pd.concat([prev_obs, cur_obs], ignore_index=True),
-                    hour,
-                    products,
+                indicators = by_product(pd.concat([prev_ind, cur_ind], ignore_index=True))
+                prices = by_product(pd.concat([prev_obs, cur_obs], ignore_index=True))
+                ws = build_window_set(
+                    indicators, {p: f["price"] for p, f in prices.items()}, products, pd.Timestamp(hour)
                 )
                 errors = validate(TrainingWindowsModel, window_index_frame(ws))
                 if errors is None:
@@ -134,6 +117,12 @@ def training_windows(
             windows.store.save(key, ws)
         outcomes.raise_if_failed(context)
 
+    metadata, check = _report(out, hours, products, notes)
+    yield dg.Output(out, metadata=metadata)
+    yield check
+
+
+def _report(out: dict[str, WindowSet], hours: list, products: tuple[str, ...], notes: list[str]):
     n_windows = sum(len(ws) for ws in out.values())
     n_valid = sum(int(ws.valid.sum()) for ws in out.values())
     well_formed = all(
@@ -159,24 +148,22 @@ def training_windows(
         )
         for p in products
     }
-    yield dg.Output(
-        out,
-        metadata={
-            "dagster/row_count": n_windows,
-            "valid_windows": n_valid,
-            "valid_fraction": n_valid / max(n_windows, 1),
-            "feature_matrix_shape": str(last.features.shape),
-            "window_shape": f"({last.window}, {last.features.shape[1]})",
-            "outputs": len(last.output_names),
-            "notes": dg.MetadataValue.json(notes),
-            "coverage_by_product": dg.MetadataValue.json({p: round(v, 4) for p, v in coverage.items()}),
-            "coverage_plot": as_markdown(
-                bars(list(coverage), list(coverage.values()), "rows with all features finite"), "coverage"
-            ),
-        },
-    )
-    yield dg.AssetCheckResult(
+    metadata = {
+        "dagster/row_count": n_windows,
+        "valid_windows": n_valid,
+        "valid_fraction": n_valid / max(n_windows, 1),
+        "feature_matrix_shape": str(last.features.shape),
+        "window_shape": f"({last.window}, {last.features.shape[1]})",
+        "outputs": len(last.output_names),
+        "notes": dg.MetadataValue.json(notes),
+        "coverage_by_product": dg.MetadataValue.json({p: round(v, 4) for p, v in coverage.items()}),
+        "coverage_plot": as_markdown(
+            bars(list(coverage), list(coverage.values()), "rows with all features finite"), "coverage"
+        ),
+    }
+    check = dg.AssetCheckResult(
         check_name="windows_well_formed",
         passed=well_formed,
         metadata={"windows": n_windows, "valid": n_valid},
     )
+    return metadata, check

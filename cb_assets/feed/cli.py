@@ -109,7 +109,6 @@ async def _run(args: argparse.Namespace, settings: Settings, kind: str) -> int:
             record_path=args.record,
             stats_interval_s=args.stats_interval,
             on_gap=gaps,
-            source_kind=kind,
         )
     )
     loop = asyncio.get_running_loop()

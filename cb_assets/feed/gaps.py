@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from cb_assets.db.connection import connect
-from cb_assets.feed.protocol import GapRecord
+from cb_assets.feed.sequence import GapRecord
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The Coinbase Advanced Trade WebSocket protocol as pure functions: frame text in, typed frames out.
 
 Nothing here does I/O, so every source (live client, replay, simulator) and every test shares one parser.
-Facts this relies on (see /work/shared/reference/coinbase-advanced-trade-ws.md): every frame is an envelope
+Facts this relies on (Coinbase's Advanced Trade WebSocket documentation): every frame is an envelope
 with `channel`, an optional `client_id`, an RFC 3339 `timestamp` with nanoseconds, a `sequence_num` and
 `events`; ticker fields are decimal strings; error frames have no envelope at all; new message types may
 appear at any time and must be ignored, never fatal.
@@ -16,34 +16,8 @@ from typing import Any
 
 import orjson
 
-from cb_assets.feed.sequence import GapRecord, SequenceTracker
-from cb_assets.feed.timestamps import ProtocolError, format_rfc3339_ns, go_time_string, parse_rfc3339_ns
+from cb_assets.feed.timestamps import ProtocolError, parse_rfc3339_ns
 from cb_assets.series.schema import SERIES_COLUMNS
-
-# Re-exported: the contract names them as part of this module.
-__all__ = [
-    "KNOWN_CHANNELS",
-    "AnyFrame",
-    "ErrorFrame",
-    "Frame",
-    "GapRecord",
-    "HeartbeatFrame",
-    "ProtocolError",
-    "SequenceTracker",
-    "SubscriptionsFrame",
-    "Ticker",
-    "TickerBatchFrame",
-    "UnknownFrame",
-    "build_envelope",
-    "format_rfc3339_ns",
-    "frame_sequence",
-    "go_time_string",
-    "parse_frame",
-    "parse_rfc3339_ns",
-    "subscribe_message",
-    "subscribe_messages",
-    "tickers",
-]
 
 KNOWN_CHANNELS = ("ticker_batch", "heartbeats", "subscriptions")
 TICKER_EVENT_TYPES = ("snapshot", "update")

@@ -15,7 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
-from cb_assets.feed.protocol import ProtocolError, build_envelope, format_rfc3339_ns, parse_rfc3339_ns
+from cb_assets.feed.protocol import build_envelope
+from cb_assets.feed.timestamps import ProtocolError, format_rfc3339_ns, parse_rfc3339_ns
 from cb_assets.series.schema import SECOND_NS
 
 log = logging.getLogger(__name__)

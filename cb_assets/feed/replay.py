@@ -17,17 +17,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from cb_assets.feed.protocol import (
-    AnyFrame,
-    Frame,
-    ProtocolError,
-    format_rfc3339_ns,
-    frame_sequence,
-    parse_frame,
-    parse_rfc3339_ns,
-)
+from cb_assets.feed.protocol import AnyFrame, Frame, frame_sequence, parse_frame
 from cb_assets.feed.recording import iter_lines
 from cb_assets.feed.source import FrameSource, GapCallback
+from cb_assets.feed.timestamps import ProtocolError, format_rfc3339_ns, parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""The feed loop: any frame source -> (optional recording) -> parse -> Kafka producer.
+"""The feed loop: a frame source -> (optional recording) -> parse -> Kafka producer.
 
 The CLI (`cb-assets feed`) builds a source (live, replay or simulated) and a `TickProducer` and awaits
-`run_feed`; gap records go to `on_gap` (the lead wires that into PostgreSQL's feed_gaps table).
+`run_feed`; gap records go to `on_gap` (the CLI wires that into PostgreSQL's feed_gaps table).
 """
 
 from __future__ import annotations
@@ -10,22 +10,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cb_assets.feed.protocol import (
-    AnyFrame,
-    GapRecord,
-    ProtocolError,
-    SequenceTracker,
-    TickerBatchFrame,
-    frame_sequence,
-    parse_frame,
-    tickers,
-)
+from cb_assets.feed.protocol import AnyFrame, TickerBatchFrame, parse_frame, tickers
 from cb_assets.feed.recording import FrameRecorder
+from cb_assets.feed.sequence import GapRecord
+from cb_assets.feed.source import FrameSource
+from cb_assets.feed.timestamps import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +42,6 @@ class RunnerCounters:
     parse_errors: int = 0
     ignored: int = 0  # heartbeats, acks, errors, unknown frames: nothing to produce
     recorded: int = 0
-    gaps: int = 0  # found by the runner itself (sources that track sequences count their own)
     dead_lettered: int = 0  # frames handed to the dead-letter path (unparseable, or with bad tickers)
 
     def as_dict(self) -> dict[str, int]:
@@ -67,34 +60,27 @@ def _stats_line(counters: RunnerCounters, source: object, producer: object | Non
 
 
 async def run_feed(
-    source: AsyncIterable[str],
+    source: FrameSource,
     producer: MessageSink | None,
     *,
     record_path: str | Path | None = None,
     stats_interval_s: float = 60.0,
     on_gap: Callable[[GapRecord], None] | None = None,
-    source_kind: str | None = None,
-    connection_id: str | None = None,
     max_frames: int | None = None,
 ) -> RunnerCounters:
     """Consume `source` until it ends (or `max_frames`), producing every ticker; returns the counters.
 
     - `record_path`: every frame text is appended, as received, before anything can reject it.
-    - `on_gap`: installed on sources that track sequences themselves (they expose `on_gap`); for a bare
-      async iterator the runner tracks sequence numbers per `connection_id` instead.
-    - `source_kind`/`connection_id` fill the message fields for bare iterators; sources carry their own
-      (`source`, and `connection_id` of the frame just yielded).
+    - `on_gap`: installed on the source, which tracks the sequence numbers of each connection.
+    - Messages carry the source's kind (`source`) and the `connection_id` of the frame just yielded.
     - Counters of the runner, the source and the producer are logged every `stats_interval_s`, and the
       producer's delivery reports are served at least once a second even while no frame arrives.
     The producer is not closed here: its owner closes it (which flushes) after this returns.
     """
     counters = RunnerCounters()
-    own_tracker: SequenceTracker | None = None
-    if on_gap is not None and hasattr(source, "on_gap"):
-        source.on_gap = on_gap  # type: ignore[attr-defined]
-    elif not hasattr(source, "on_gap"):
-        own_tracker = SequenceTracker()
-    kind = getattr(source, "source", None) or source_kind or "live"
+    if on_gap is not None:
+        source.on_gap = on_gap
+    kind = source.source
     recorder = FrameRecorder(record_path) if record_path is not None else None
 
     async def housekeeping() -> None:
@@ -116,7 +102,7 @@ async def run_feed(
             if recorder is not None:
                 recorder.write(text)
                 counters.recorded += 1
-            last = getattr(source, "last_parsed", None)
+            last = source.last_parsed
             frame: AnyFrame | None
             parse_error = ""
             if last is not None and last[0] is text:
@@ -139,15 +125,7 @@ async def run_feed(
                     await producer.produce_rejected_async(text, f"unparseable frame: {parse_error}")
                     counters.dead_lettered += 1
             else:
-                conn = getattr(source, "connection_id", None) or connection_id or ""
-                seq = frame_sequence(frame)
-                if own_tracker is not None and seq is not None:
-                    gap = own_tracker.observe(conn, seq, getattr(frame, "time_ns", None), time.time_ns())
-                    if gap is not None:
-                        counters.gaps += 1
-                        log.warning("sequence gap on %s: %d -> %d", conn, gap.from_seq, gap.to_seq)
-                        if on_gap is not None:
-                            on_gap(gap)
+                conn = source.connection_id
                 if isinstance(frame, TickerBatchFrame):
                     counters.ticker_frames += 1
                     if producer is not None:

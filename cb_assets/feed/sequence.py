@@ -2,7 +2,7 @@
 
 Every frame carries a `sequence_num` that restarts at 0 on each connection; a jump means frames were lost
 in between, and the resampler must treat that stretch as unobserved rather than as a quiet market. Pure
-and I/O-free like the parser (protocol.py re-exports both names); feed/gaps.py writes the records.
+and I/O-free like the parser; feed/gaps.py writes the records.
 """
 
 from __future__ import annotations

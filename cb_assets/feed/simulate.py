@@ -22,19 +22,10 @@ from typing import Any
 import numpy as np
 
 from cb_assets.feed.market import HOUR_S, HourBlock, LeadLag, MarketEngine, OracleSkill, oracle_skill
-from cb_assets.feed.protocol import build_envelope, format_rfc3339_ns, go_time_string
+from cb_assets.feed.protocol import build_envelope
 from cb_assets.feed.source import FrameSource, GapCallback
+from cb_assets.feed.timestamps import format_rfc3339_ns, go_time_string
 from cb_assets.series.schema import SECOND_NS
-
-__all__ = [
-    "LeadLag",
-    "OracleSkill",
-    "SimulatedSource",
-    "SimulatedTicks",
-    "oracle_skill",
-    "simulate_ticks",
-    "ticker_dicts",
-]
 
 _HEARTBEAT_OFFSET_NS = 4_731_437  # heartbeats land a few ms after each whole second, as observed live
 

@@ -17,16 +17,15 @@ from dataclasses import asdict, dataclass
 from cb_assets.feed.protocol import (
     AnyFrame,
     ErrorFrame,
-    GapRecord,
     HeartbeatFrame,
-    ProtocolError,
-    SequenceTracker,
     SubscriptionsFrame,
     TickerBatchFrame,
     UnknownFrame,
     frame_sequence,
     parse_frame,
 )
+from cb_assets.feed.sequence import GapRecord, SequenceTracker
+from cb_assets.feed.timestamps import ProtocolError
 
 log = logging.getLogger(__name__)
 

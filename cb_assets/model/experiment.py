@@ -2,13 +2,10 @@
 training -> a held-out report. No database and no Dagster, so tests and benchmarks can run the chain on
 simulated or recorded ticks in seconds.
 
-Every step is the pure function the corresponding asset applies:
+Every step is the function the corresponding asset calls (`series.hourly`, the shared per-hour core):
 - `filled_series`: `fill_product_hour` (ticks of the hour and the one before);
-- `indicators`: `compute_indicators` on the filtered columns of the previous and the current hour, rows of
-  a cold-start hour (filter fitted on itself) marked not warm. This is `defs.indicators.indicators_for_hour`
-  product by product (importing it would import Dagster); test_model_learning_e2e checks that the two agree;
-- `training_windows`: `build_window_set` on the indicator and observed-price rows of two hours, as
-  `defs.training_windows.windows_for_hour` calls it;
+- `indicators`: `indicators_of_hour` on the filled rows of the previous and the current hour;
+- `training_windows`: `build_window_set` on the indicator and observed-price rows of two hours;
 - training and evaluation: `pipeline.train_initial` and `pipeline.score`.
 
 Products are handled one at a time up to the windows, and a product's series can be kept in a cache keyed
@@ -30,12 +27,9 @@ from cb_assets.model.baselines import RidgeBaseline
 from cb_assets.model.evaluate import ALL, EvaluationReport, evaluate, metrics_markdown
 from cb_assets.model.pipeline import Outcome, TrainSettings, products_of, split_holdout, train_initial
 from cb_assets.series.fill import fill_product_hour
-from cb_assets.series.indicators import compute_indicators
-from cb_assets.series.schema import HORIZONS_S, HOUR_S, SECOND_NS, SERIES_COLUMNS
+from cb_assets.series.hourly import HOUR_NS, indicators_of_hour
+from cb_assets.series.schema import HORIZONS_S, SECOND_NS
 from cb_assets.series.windows import WindowSet, build_window_set
-
-HOUR_NS = HOUR_S * SECOND_NS
-_FILTERED = [f"{c}_filtered" for c in SERIES_COLUMNS]
 
 Ticks = tuple[np.ndarray, np.ndarray]  # (times_ns (n,) int64, values (n, len(SERIES_COLUMNS)))
 
@@ -76,17 +70,7 @@ def product_series(
     if any(b - a != HOUR_NS for a, b in itertools.pairwise(hours)):
         raise ValueError("hours_ns must be consecutive hour starts")
     filled = [fill_product_hour(product, times_ns, values, h).frame for h in hours]
-    parts = []
-    for k, h in enumerate(hours):
-        two = pd.concat([filled[k - 1], filled[k]]) if k else filled[k]
-        index = pd.date_range(pd.Timestamp(h - HOUR_NS, unit="ns", tz="UTC"), periods=2 * HOUR_S, freq="s")
-        f = two.reindex(index)
-        filtered = f[_FILTERED].set_axis(list(SERIES_COLUMNS), axis=1).astype(float)
-        ind = compute_indicators(filtered, f["price"].astype(float)).iloc[HOUR_S:]
-        # A cold-start hour's filter used parameters fitted on itself: keep it out of training data.
-        causal = f["causal"].iloc[HOUR_S:].eq(True).to_numpy()
-        ind["warm"] = ind["warm"].to_numpy() & causal
-        parts.append(ind)
+    parts = [indicators_of_hour(filled[k - 1] if k else None, filled[k], h) for k, h in enumerate(hours)]
     return ProductSeries(product, hours, pd.concat(filled), pd.concat(parts))
 
 

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 
 from cb_assets.db.connection import connect
-from cb_assets.db.series_store import read_frame
+from cb_assets.db.series_store import newest_anchor_warm_for_all, read_frame
 from cb_assets.model import registry
+from cb_assets.series.hourly import by_product
 from cb_assets.series.indicators import FEATURE_NAMES
+from cb_assets.series.model_input import ModelInput, window_from_frames
 from cb_assets.series.schema import HORIZONS_S, WINDOW_S
 
 
@@ -32,15 +34,12 @@ class Forecast:
 
 def newest_window(
     database_url: str, products: list[str], window: int = WINDOW_S
-) -> tuple[datetime, np.ndarray, dict[str, float]]:
+) -> tuple[datetime, ModelInput, dict]:
+    """The newest window where every product is warm, as the model input assembler builds it."""
     with connect(database_url) as conn:
-        anchor = conn.execute(
-            "SELECT time FROM indicators WHERE warm GROUP BY time HAVING count(*) = %s ORDER BY time DESC LIMIT 1",
-            (len(products),),
-        ).fetchone()
-        if anchor is None:
+        t = newest_anchor_warm_for_all(conn, len(products))
+        if t is None:
             raise NoForecast("no second has warm indicators for every product yet: materialise more hours")
-        t = anchor[0]
         start = t - timedelta(seconds=window - 1)
         ind = read_frame(
             conn,
@@ -56,21 +55,15 @@ def newest_window(
             t - timedelta(hours=1),
             t + timedelta(seconds=1),
         )
-    index = pd.date_range(pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(t).tz_convert("UTC"), freq="s")
-    blocks, cold = [], []
-    for p in products:
-        f = ind[ind["product_id"] == p].set_index("time").reindex(index)
-        if not f["warm"].fillna(False).astype(bool).all():
-            cold.append(p)
-        blocks.append(f[list(FEATURE_NAMES)].to_numpy(np.float32))
-    if cold:
-        raise NoForecast(f"the newest {window} s are not warm for {cold}")
+    x = window_from_frames(by_product(ind), int(pd.Timestamp(t).value), products, window)
+    if not x.valid:
+        raise NoForecast(x.reason or "the newest window is not usable")
     last = {
         p: float(g["price"].dropna().iloc[-1])
         for p, g in obs.groupby("product_id")
         if g["price"].notna().any()
     }
-    return t, np.concatenate(blocks, axis=1), last
+    return t, x, last
 
 
 def champion_forecast(database_url: str, products: list[str]) -> Forecast:
@@ -85,8 +78,8 @@ def champion_forecast(database_url: str, products: list[str]) -> Forecast:
     model_products = list(dict.fromkeys(n.split(":")[0] for n in (output_names or ())))
     if model_products and model_products != list(products):
         products = model_products  # the model decides the column order it was trained with
-    t, matrix, last = newest_window(database_url, products)
-    returns = predict_returns(model, matrix)[0]
+    t, x, last = newest_window(database_url, products)
+    returns = predict_returns(model, x.matrix)[0]
     rows = []
     for j, p in enumerate(products):
         row: dict = {"product": p, "last_price": last.get(p, float("nan"))}

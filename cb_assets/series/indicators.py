@@ -18,17 +18,25 @@ longest finite lookback is 901 rows (900 s returns and volatilities); the slowes
 three spans, so the weight left on its arbitrary start is ``(1 - 2/601) ** 1800 ~ e**-6 ~ 0.25 %``.
 Nothing is ever back-filled: rows without enough history are NaN and not warm.
 
+Batch and live are one computation: `IndicatorState` carries everything the next second's features depend
+on (ring buffers of the last 1024 seconds, running sums, the averages) and `advance` steps it over new
+seconds with a compiled kernel (indicator_kernels.py). `compute_indicators` advances a fresh state over its
+input; the live forecaster keeps a state per product and advances it one second at a time, with the same
+numbers as a result.
+
 See ``FEATURES`` for the definition of every output column.
 """
 
 from __future__ import annotations
 
-import numba
+from dataclasses import dataclass, field
+
 import numpy as np
 import pandas as pd
-from pandas.api.typing import Rolling
 
+from cb_assets.series import indicator_kernels as _k
 from cb_assets.series.schema import SECOND_NS, SERIES_COLUMNS
+from cb_assets.series.tick_rules import levels_usable
 
 WARMUP_S: int = 1800
 
@@ -104,42 +112,6 @@ WARM_DESCRIPTION = (
 )
 
 
-@numba.njit(cache=True)
-def _ema_columns(x: np.ndarray, alphas: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
-    """EMA of each column with its own alpha; starts at the first finite value, restarts after a NaN.
-
-    Restarting (instead of skipping the gap) keeps the definition simple and the warm rule honest: a warm
-    row has at least WARMUP_S uninterrupted steps behind every average.
-    """
-    n, m = x.shape
-    out = np.empty((n, m))
-    for j in range(m):
-        a = alphas[j]
-        s = np.nan
-        for i in range(n):
-            v = x[i, j]
-            if not np.isfinite(v):
-                s = np.nan
-            elif np.isnan(s):
-                s = v
-            else:
-                s += a * (v - s)
-            out[i, j] = s
-    return out
-
-
-def _lag_diff(x: np.ndarray, k: int) -> np.ndarray:
-    out = np.full_like(x, np.nan)
-    if k < x.shape[0]:
-        out[k:] = x[k:] - x[:-k]
-    return out
-
-
-def _rolling(x: np.ndarray, window: int) -> Rolling:
-    # min_periods = window: a partial window is not the feature it claims to be, so it stays NaN.
-    return pd.Series(x, copy=False).rolling(window, min_periods=window)
-
-
 def _check_index(index: pd.Index) -> np.ndarray:
     if not isinstance(index, pd.DatetimeIndex) or index.tz is None:
         raise ValueError("filtered must be indexed by a tz-aware DatetimeIndex of UTC seconds")
@@ -151,21 +123,76 @@ def _check_index(index: pd.Index) -> np.ndarray:
     return ns
 
 
-def _real_rows(x: np.ndarray) -> np.ndarray:
-    """Rows where every filtered series holds a value the features can use (logs need positive prices)."""
-    cols = {c: x[:, i] for i, c in enumerate(SERIES_COLUMNS)}
-    ok = np.isfinite(x).all(axis=1)
-    for c in ("price", "low_24_h", "high_24_h", "low_52_w", "high_52_w"):
-        ok &= cols[c] > 0
-    ok &= cols["volume_24_h"] >= 0
-    return ok
+_RET_LAGS = np.array(RETURN_LAGS_S, dtype=np.int64)
+_SMA = np.array(SMA_PERIODS_S, dtype=np.int64)
+_EMA_ALPHAS = np.array([2.0 / (s + 1.0) for s in (*EMA_SPANS_S, MACD_FAST_S, MACD_SLOW_S)])
+_RSI_ALPHAS = np.array([1.0 / n for n in RSI_PERIODS_S])
+_VOL = np.array(VOL_WINDOWS_S, dtype=np.int64)
+_RANGE = np.array(RANGE_WINDOWS_S, dtype=np.int64)
+_VOLUME_LAGS = np.array(VOLUME_CHANGE_LAGS_S, dtype=np.int64)
+_TICK = np.array(TICK_RATE_WINDOWS_S, dtype=np.int64)
+if max(*RETURN_LAGS_S, *SMA_PERIODS_S, *VOL_WINDOWS_S, *RANGE_WINDOWS_S, BOLLINGER_S) >= _k.RING:
+    raise AssertionError("a lookback does not fit the kernel's ring buffers")
 
 
-def _run_length(ok: np.ndarray) -> np.ndarray:
-    """Number of consecutive True values ending at each position (0 where False)."""
-    pos = np.arange(ok.shape[0])
-    last_bad = np.maximum.accumulate(np.where(ok, -1, pos)) if ok.size else pos
-    return pos - last_bad
+@dataclass
+class IndicatorState:
+    """What the features of the next second depend on, for one product (see indicator_kernels.py).
+
+    A new state knows nothing: its first rows are not warm, exactly as the first rows of a
+    `compute_indicators` input. `advance` takes consecutive seconds only.
+    """
+
+    counters: np.ndarray = field(default_factory=lambda: np.array([0, -1, -1, -1, -1, 0], dtype=np.int64))
+    rings: np.ndarray = field(default_factory=lambda: np.full((_k.N_RINGS, _k.RING), np.nan))
+    deques: np.ndarray = field(
+        default_factory=lambda: np.zeros((2 * len(RANGE_WINDOWS_S), _k.RING), dtype=np.int64)
+    )
+    deque_ends: np.ndarray = field(
+        default_factory=lambda: np.zeros((2 * len(RANGE_WINDOWS_S), 2), dtype=np.int64)
+    )
+    sma_sums: np.ndarray = field(default_factory=lambda: np.zeros(len(SMA_PERIODS_S)))
+    vol_sums: np.ndarray = field(default_factory=lambda: np.zeros(len(VOL_WINDOWS_S)))
+    tick_sums: np.ndarray = field(default_factory=lambda: np.zeros(len(TICK_RATE_WINDOWS_S)))
+    emas: np.ndarray = field(default_factory=lambda: np.full(len(_EMA_ALPHAS), np.nan))
+    wilder: np.ndarray = field(default_factory=lambda: np.full(2 * len(RSI_PERIODS_S), np.nan))
+    signal: np.ndarray = field(default_factory=lambda: np.full(1, np.nan))
+    next_second: int | None = None  # epoch second the next row must have (None: any)
+
+    def copy(self) -> IndicatorState:
+        return IndicatorState(
+            **{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+        )
+
+    def advance(
+        self, filtered: np.ndarray, observed: np.ndarray, seconds: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features (n, len(FEATURES)) and warm flags (n,) of the next n seconds.
+
+        `filtered` (n, len(SERIES_COLUMNS)) holds the causal filter means of those seconds, `observed`
+        (n,) whether a tick landed in each, `seconds` (n,) their epoch seconds (consecutive).
+        """
+        x = np.array(filtered, dtype=np.float64, copy=True).reshape(-1, len(SERIES_COLUMNS))
+        secs = np.asarray(seconds, dtype=np.int64).reshape(-1)
+        obs = np.asarray(observed, dtype=bool).reshape(-1)
+        if not (x.shape[0] == secs.shape[0] == obs.shape[0]):
+            raise ValueError("filtered, observed and seconds must have one row per second")
+        if secs.size:
+            if np.any(np.diff(secs) != 1) or (self.next_second is not None and secs[0] != self.next_second):
+                raise ValueError("an indicator state advances over consecutive seconds only")
+            self.next_second = int(secs[-1]) + 1
+        # Unusable levels become NaN up front, so that no log or ratio ever sees them.
+        x[~levels_usable(x)] = np.nan
+        out = np.empty((x.shape[0], len(FEATURES)))
+        warm = np.empty(x.shape[0], dtype=bool)
+        _k.advance(
+            x, obs, secs, _RET_LAGS, _SMA, _EMA_ALPHAS, len(EMA_SPANS_S), _RSI_ALPHAS,
+            2.0 / (MACD_SIGNAL_S + 1.0), BOLLINGER_S, BOLLINGER_K, BOLLINGER_SD_FLOOR, *BOLLINGER_PCTB_CLIP,
+            _VOL, _RANGE, _VOLUME_LAGS, _TICK, STALENESS_CAP_S, WARMUP_S,
+            self.counters, self.rings, self.deques, self.deque_ends, self.sma_sums, self.vol_sums,
+            self.tick_sums, self.emas, self.wilder, self.signal, out, warm,
+        )  # fmt: skip
+        return out, warm
 
 
 def compute_indicators(filtered: pd.DataFrame, observed_price: pd.Series) -> pd.DataFrame:
@@ -185,86 +212,9 @@ def compute_indicators(filtered: pd.DataFrame, observed_price: pd.Series) -> pd.
     missing = [c for c in SERIES_COLUMNS if c not in filtered.columns]
     if missing:
         raise ValueError(f"filtered lacks series columns {missing}")
-    n = ns.shape[0]
-    x = filtered.loc[:, list(SERIES_COLUMNS)].to_numpy(dtype=np.float64, copy=True)
-    real = _real_rows(x)
-    # Unusable values become NaN up front so that no log or ratio below ever sees them.
-    x[~real] = np.nan
-    p = x[:, 0]
-    obs = observed_price.reindex(filtered.index).to_numpy(dtype=np.float64)
-    observed = np.isfinite(obs)
-
-    out: dict[str, np.ndarray] = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        logp = np.log(p)
-        r1 = _lag_diff(logp, 1)
-        for k in RETURN_LAGS_S:
-            out[f"ret_{k}s"] = r1 if k == 1 else _lag_diff(logp, k)
-        for w in SMA_PERIODS_S:
-            out[f"sma_{w}s"] = np.log(_rolling(p, w).mean().to_numpy() / p)
-
-        # One compiled pass for every price EMA (ratio features and both MACD legs).
-        spans = (*EMA_SPANS_S, MACD_FAST_S, MACD_SLOW_S)
-        alphas = np.array([2.0 / (s + 1.0) for s in spans])
-        emas = _ema_columns(np.repeat(p[:, None], len(spans), axis=1), alphas)
-        for j, s in enumerate(EMA_SPANS_S):
-            out[f"ema_{s}s"] = np.log(emas[:, j] / p)
-
-        gains, losses = np.maximum(r1, 0.0), np.maximum(-r1, 0.0)  # NaN stays NaN (restarts the EMA)
-        nr = len(RSI_PERIODS_S)
-        wilder = _ema_columns(
-            np.concatenate([np.repeat(gains[:, None], nr, 1), np.repeat(losses[:, None], nr, 1)], axis=1),
-            np.array([1.0 / q for q in RSI_PERIODS_S] * 2),
-        )
-        for j, q in enumerate(RSI_PERIODS_S):
-            g, loss = wilder[:, j], wilder[:, nr + j]
-            total = g + loss
-            out[f"rsi_{q}s"] = np.where(total > 0, 100.0 * g / np.where(total > 0, total, 1.0), 50.0)
-            out[f"rsi_{q}s"][~np.isfinite(total)] = np.nan
-
-        macd = (emas[:, -2] - emas[:, -1]) / p
-        signal = _ema_columns(macd[:, None], np.array([2.0 / (MACD_SIGNAL_S + 1.0)]))[:, 0]
-        out["macd"], out["macd_signal"], out["macd_hist"] = macd, signal, macd - signal
-
-        roll_b = _rolling(logp, BOLLINGER_S)
-        mid = roll_b.mean().to_numpy()
-        sd = np.maximum(roll_b.std(ddof=0).to_numpy(), BOLLINGER_SD_FLOOR)
-        half = BOLLINGER_K * sd
-        out[f"bb_pctb_{BOLLINGER_S}s"] = np.clip((logp - (mid - half)) / (2 * half), *BOLLINGER_PCTB_CLIP)
-        out[f"bb_width_{BOLLINGER_S}s"] = 2 * half
-
-        r1_sq = r1 * r1
-        for w in VOL_WINDOWS_S:
-            # Rolling sums add and remove values; clip the last-ulp negatives before the square root.
-            out[f"vol_{w}s"] = np.sqrt(np.maximum(_rolling(r1_sq, w).mean().to_numpy(), 0.0))
-        for w in RANGE_WINDOWS_S:
-            roll = _rolling(p, w)
-            out[f"range_{w}s"] = np.log(roll.max().to_numpy() / roll.min().to_numpy())
-
-        for i, col in enumerate(SERIES_COLUMNS):
-            if col in ("low_24_h", "high_24_h", "low_52_w", "high_52_w"):
-                out[f"{col}_rel"] = np.log(x[:, i] / p)
-        log_vol = np.log1p(x[:, SERIES_COLUMNS.index("volume_24_h")])
-        out["log_volume_24_h"] = log_vol
-        for k in VOLUME_CHANGE_LAGS_S:
-            out[f"dlog_volume_{k}s"] = _lag_diff(log_vol, k)
-        out["pct_chg_24_h"] = x[:, SERIES_COLUMNS.index("price_percent_chg_24_h")] / 100.0
-
-    angle = 2.0 * np.pi * ((ns // SECOND_NS) % _DAY_S) / _DAY_S
-    out["tod_sin"], out["tod_cos"] = np.sin(angle), np.cos(angle)
-
-    pos = np.arange(n)
-    last_tick = np.maximum.accumulate(np.where(observed, pos, -1)) if n else pos
-    # Without a tick in the input the age is unknown but at least pos + 1 s: exact once that reaches the cap.
-    age = np.where(last_tick >= 0, pos - last_tick, np.where(pos + 1 >= STALENESS_CAP_S, STALENESS_CAP_S, -1))
-    out["staleness"] = np.where(age >= 0, np.log1p(np.clip(age, 0, STALENESS_CAP_S)), np.nan)
-    for w in TICK_RATE_WINDOWS_S:
-        out[f"tick_rate_{w}s"] = _rolling(observed.astype(np.float64), w).mean().to_numpy()
-
-    if tuple(out) != FEATURE_NAMES:
-        raise AssertionError("feature computation and FEATURES registry disagree")  # a coding error
-    frame = pd.DataFrame(out, index=filtered.index, dtype=np.float64)
-    features = frame.to_numpy()
-    # The finiteness check is a guard against inputs the run rule does not foresee, never the main rule.
-    frame["warm"] = (_run_length(real) > WARMUP_S) & np.isfinite(features).all(axis=1)
+    x = filtered.loc[:, list(SERIES_COLUMNS)].to_numpy(dtype=np.float64)
+    observed = np.isfinite(observed_price.reindex(filtered.index).to_numpy(dtype=np.float64))
+    features, warm = IndicatorState().advance(x, observed, ns // SECOND_NS)
+    frame = pd.DataFrame(features, index=filtered.index, columns=list(FEATURE_NAMES))
+    frame["warm"] = warm
     return frame

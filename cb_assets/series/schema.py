@@ -1,6 +1,6 @@
-"""Names shared by the numeric rooms: which ticker fields are modelled, the horizons, the window length.
+"""Names shared by the numeric packages: which ticker fields are modelled, the horizons, the window length.
 
-Kept free of Dagster and TensorFlow so every room (feed, series, model, defs) can import it cheaply.
+Kept free of Dagster and TensorFlow so every package (feed, series, model, defs) can import it cheaply.
 """
 
 from __future__ import annotations

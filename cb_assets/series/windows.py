@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cb_assets.series.indicators import FEATURE_NAMES
+from cb_assets.series.model_input import assemble
 from cb_assets.series.resample import grid_index
 from cb_assets.series.schema import HORIZONS_S, HOUR_S, SECOND_NS, WINDOW_S
 
@@ -119,23 +120,6 @@ def _utc_ns(ts: pd.Timestamp) -> int:
     return ns
 
 
-def _product_block(
-    frame: pd.DataFrame | None, rows: pd.DatetimeIndex, columns: Sequence[str], product: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """One product's feature block (float32) on the partition's rows, and the rows usable as history."""
-    if frame is None or frame.empty:
-        return np.full((len(rows), len(columns)), np.nan, dtype=np.float32), np.zeros(len(rows), dtype=bool)
-    missing = [c for c in (*columns, "warm") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{product}: indicator frame lacks columns {missing[:5]}")
-    if not frame.index.is_unique:
-        raise ValueError(f"{product}: indicator frame has duplicate times")
-    block = frame.loc[:, list(columns)].reindex(rows).to_numpy(dtype=np.float32)
-    warm = frame["warm"].reindex(rows, fill_value=False).to_numpy(dtype=bool)
-    # Finite after the float32 cast: a float64 value beyond float32 range would become inf in training.
-    return block, warm & np.isfinite(block).all(axis=1)
-
-
 def _last_log_price(series: pd.Series | None, query_ns: np.ndarray, until_ns: int) -> np.ndarray:
     """log of the last observed price at or before each query time (NaN before the first one).
 
@@ -192,14 +176,8 @@ def build_window_set(
     first_anchor_ns = hour_ns - h_max * SECOND_NS
     n_rows = HOUR_S + window - 1
     rows = grid_index(first_anchor_ns - (window - 1) * SECOND_NS, n_rows)
-    n_feat = len(feature_columns)
 
-    features = np.empty((n_rows, len(products) * n_feat), dtype=np.float32)
-    row_ok = np.ones(n_rows, dtype=bool)
-    for j, product in enumerate(products):
-        block, ok = _product_block(features_by_product.get(product), rows, feature_columns, product)
-        features[:, j * n_feat : (j + 1) * n_feat] = block
-        row_ok &= ok
+    features, row_ok = assemble(features_by_product, rows, products, feature_columns)
 
     anchors = np.arange(window - 1, n_rows, dtype=np.int64)
     anchor_times_ns = first_anchor_ns + np.arange(HOUR_S, dtype=np.int64) * SECOND_NS
@@ -299,54 +277,3 @@ def load_window_set(directory: str | os.PathLike[str], mmap: bool = True) -> Win
     if ws.features.shape[1] != len(ws.feature_names) or ws.labels.shape != (len(ws), len(ws.output_names)):
         raise ValueError(f"{d}: arrays do not match meta.json")
     return ws
-
-
-def merge_stats(sets: Sequence[WindowSet]) -> tuple[ColumnStats, ColumnStats]:
-    """Feature and label statistics of several partitions (e.g. exactly the training partitions)."""
-    if not sets:
-        raise ValueError("no window sets to merge")
-    feats = [s.feature_stats for s in sets]
-    labs = [s.label_stats for s in sets]
-    if any(x is None for x in (*feats, *labs)):
-        raise ValueError("a window set carries no statistics")
-    f, lab = feats[0], labs[0]
-    for a, b in zip(feats[1:], labs[1:], strict=True):
-        f, lab = f.merge(a), lab.merge(b)
-    return f, lab
-
-
-def iter_batches(
-    sets: Sequence[WindowSet],
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    seed: int | None = None,
-    only_valid: bool = True,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x (b, window, n_features) float32, y (b, n_outputs) float32) across partitions.
-
-    Only one batch is ever copied out of the (possibly memory-mapped) matrices, so training over a day of
-    partitions needs neither a concatenation nor the windows in RAM.
-    """
-    if not sets:
-        return
-    names, window = sets[0].feature_names, sets[0].window
-    if any(s.feature_names != names or s.window != window for s in sets):
-        raise ValueError("window sets disagree on feature columns or window length")
-    # (set, window) pairs of every window to serve, built without a Python loop over windows.
-    chosen = [np.flatnonzero(s.valid) if only_valid else np.arange(len(s)) for s in sets]
-    index = np.column_stack(
-        [np.repeat(np.arange(len(sets)), [c.size for c in chosen]), np.concatenate(chosen)]
-    ).astype(np.int64)
-    if shuffle:
-        index = index[np.random.default_rng(seed).permutation(len(index))]
-    views = [s.views() if len(s) else None for s in sets]
-    for start in range(0, len(index), batch_size):
-        chunk = index[start : start + batch_size]
-        x = np.empty((len(chunk), window, len(names)), dtype=np.float32)
-        y = np.empty((len(chunk), sets[0].labels.shape[1]), dtype=np.float32)
-        for k in np.unique(chunk[:, 0]):
-            mask = chunk[:, 0] == k
-            x[mask] = views[k][chunk[mask, 1]]
-            y[mask] = sets[k].labels[chunk[mask, 1]]
-        yield x, y

@@ -1,40 +1,53 @@
 """The Dagster instance directory and the `.env` that lets plain `dagster` commands find it.
 
-Dagster reads `dagster.yaml` from DAGSTER_HOME (or the working directory) and loads a `.env` file from the
-working directory before it builds the instance. `services up` therefore prepares `$CB_HOME/dagster` with a
-copy of the checkout's `dagster.yaml` and, for the embedded defaults only, writes a `.env` naming it and the
-storage URL, so `dagster dev` and `dagster definitions validate` work from the checkout without exports.
-Nothing secret is written: external URLs (which may hold passwords) are never put in the file.
+The checkout's `dagster.yaml` holds the instance settings (concurrency, retries, telemetry) but no storage, so
+that Dagster commands run in a fresh checkout without any service. The platform's instance lives in
+`$CB_HOME/dagster`: its `dagster.yaml` is the checkout's plus PostgreSQL storage whose URL Dagster reads from
+CB_DAGSTER_DATABASE_URL. For the embedded defaults `services up` also writes a `.env` in the working directory
+(Dagster loads it before it builds the instance) naming that directory and every CB_* value the resources
+read, so `dagster dev` from the checkout uses the same instance and data. Nothing secret is written: external
+URLs (which may hold passwords) are never put in the file.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from cb_assets.config import Settings
+from cb_assets.config import Settings, export_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _MARKER = "# written by `cb-assets services up`"
+_POSTGRES_STORAGE = """
+# Added by cb-assets: runs, the event log and schedule/sensor state in PostgreSQL (dagster-postgres).
+storage:
+  postgres:
+    postgres_url:
+      env: CB_DAGSTER_DATABASE_URL
+"""
 
 
-def instance_yaml_source() -> Path:
-    return REPO_ROOT / "dagster.yaml"
+def instance_yaml() -> str:
+    """The platform instance's dagster.yaml: the checkout's settings plus PostgreSQL storage."""
+    return (REPO_ROOT / "dagster.yaml").read_text() + _POSTGRES_STORAGE
+
+
+def write_instance_yaml(home: Path) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    path.write_text(instance_yaml())
+    return path
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(instance_yaml_source(), home / "dagster.yaml")
-    return home
+    write_instance_yaml(settings.dagster_home)
+    return settings.dagster_home
 
 
 def dagster_env(settings: Settings) -> dict[str, str]:
     """Variables a Dagster process of this platform needs (values resolved from the settings)."""
-    return {
-        "DAGSTER_HOME": str(settings.dagster_home),
-        "CB_DAGSTER_DATABASE_URL": settings.dagster_database_url,
-    }
+    env = export_env(settings, {})
+    env["DAGSTER_HOME"] = str(settings.dagster_home)
+    return env
 
 
 def write_dotenv(settings: Settings, directory: Path | None = None) -> Path | None:
@@ -49,7 +62,7 @@ def write_dotenv(settings: Settings, directory: Path | None = None) -> Path | No
     lines = [
         _MARKER + " for the embedded local stack; delete it freely.",
         "# Dagster loads it from the working directory, so plain `dagster dev` finds the same instance.",
-        *(f"{k}={v}" for k, v in dagster_env(settings).items()),
+        *(f"{k}={v}" for k, v in sorted(dagster_env(settings).items())),
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cb_assets.config import Settings, export_env
+from cb_assets.config import Settings
 from cb_assets.db.migrate import migrate
 from cb_assets.stack.dagster_home import REPO_ROOT, dagster_env
 from cb_assets.stack.procs import default_signals_preexec
@@ -118,7 +118,6 @@ class Supervisor:
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        export_env(self.settings, env)
         env.update(dagster_env(self.settings))
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

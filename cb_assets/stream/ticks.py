@@ -1,21 +1,20 @@
 """One Kafka ticker message -> a raw_ticks row, or a rejection with a reason a person can act on.
 
-Pure and fast: the sink calls this for every message (hundreds of thousands per second), so it avoids
-anything heavier than orjson, float() and datetime.fromisoformat (which keeps microseconds and drops the
-remaining nanosecond digits: the documented flooring of envelope times to PostgreSQL's resolution).
-A well-formed message takes a fast path that makes the same checks without building reasons; whatever it is
-not sure about goes through the full validation, which alone decides rejections and their reason texts.
+Parsing is this module's; whether the numbers make a valid tick is `series.tick_rules`' (the same rules the
+raw_ticks asset checks). Fast because the sink calls it for every message: orjson, one orjson call for the
+seven numbers, and datetime.fromisoformat (which keeps microseconds and drops the remaining nanosecond digits:
+the documented flooring of envelope times to PostgreSQL's resolution).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
 
+from cb_assets.series import tick_rules
 from cb_assets.series.schema import SERIES_COLUMNS
 
 REQUIRED_FIELDS: tuple[str, ...] = ("product_id", *SERIES_COLUMNS, "time")
@@ -38,7 +37,7 @@ class Rejection:
 
 
 def _number(obj: dict, name: str) -> float | str:
-    """The float value of a field, or a reason string."""
+    """The float value of a field (inf and nan included: finiteness is a tick rule), or a reason string."""
     raw = obj.get(name)
     if raw is None:
         return f"{name} is null"
@@ -48,8 +47,6 @@ def _number(obj: dict, name: str) -> float | str:
         value = float(raw)
     except ValueError:
         return f"{name} is not a number: {raw!r}"
-    if not math.isfinite(value):
-        return f"{name} is not finite: {raw!r}"
     return value
 
 
@@ -71,100 +68,7 @@ def parse_tick(
         return Rejection(f"invalid JSON: {exc}")
     if not isinstance(obj, dict):
         return Rejection(f"payload is a JSON {type(obj).__name__}, not an object")
-    row = _fast_row(obj, products, partition, offset, now, default_source)
-    if row is not None:
-        return row
-    return _validate(obj, products, partition, offset, now, default_source)
 
-
-def _fast_row(
-    obj: dict, products: Collection[str], partition: int, offset: int, now: datetime, default_source: str
-) -> TickRow | None:
-    """The row of a message that passes every check of `_validate`, or None to let `_validate` decide.
-
-    The seven numbers are parsed by one orjson call on "[price,volume_24_h,...]" instead of seven float()
-    calls (those were about a third of the sink's per-tick Python time in a profile). orjson rounds JSON numbers exactly as float() does;
-    anything float() would read differently or reject is sent to `_validate`: text that is not a JSON number
-    ("nan", "1e400", "1_000", ".5") fails to parse, a field holding a comma or brackets changes the count or
-    yields a non-float, and integers ("-0" is 0 in JSON but -0.0 to float()) are not floats. A number sent as
-    a JSON float rather than a string prints back exactly (repr round-trips), so it parses to the same value.
-    """
-    try:
-        product_id = obj["product_id"]
-        raw_time = obj["time"]
-        nums = orjson.loads(
-            f"[{obj['price']},{obj['volume_24_h']},{obj['low_24_h']},{obj['high_24_h']},"
-            f"{obj['low_52_w']},{obj['high_52_w']},{obj['price_percent_chg_24_h']}]"
-        )
-    except (KeyError, orjson.JSONDecodeError):
-        return None
-    if type(product_id) is not str or product_id not in products or type(raw_time) is not str:
-        return None
-    if len(nums) != 7:
-        return None
-    price, volume, low24, high24, low52, high52, pct = nums
-    if not (
-        type(price) is float
-        and type(volume) is float
-        and type(low24) is float
-        and type(high24) is float
-        and type(low52) is float
-        and type(high52) is float
-        and type(pct) is float
-        and price > 0
-        and volume >= 0
-        and low24 <= high24
-        and low52 <= high52
-        # orjson has no NaN and refuses overflowing exponents, so this holds; it is cheap to make sure.
-        and math.isfinite(price + volume + low24 + high24 + low52 + high52 + pct)
-    ):
-        return None
-    try:
-        tick_time = datetime.fromisoformat(raw_time)
-    except ValueError:
-        return None
-    if tick_time.tzinfo is None or tick_time - now > MAX_FUTURE:
-        return None
-    bid, ask = obj.get("best_bid"), obj.get("best_ask")
-    if bid is not None or ask is not None:  # ticker_batch frames carry no book: usually both are None
-        book: list[float | None] = []
-        for b in (bid, ask):
-            if b is None or b == "":
-                book.append(None)
-            elif type(b) is str:
-                try:
-                    v = float(b)
-                except ValueError:
-                    return None
-                if not math.isfinite(v):
-                    return None
-                book.append(v)
-            else:
-                return None
-        bid, ask = book
-    source = obj.get("source")
-    return (
-        product_id,
-        tick_time,
-        price,
-        volume,
-        low24,
-        high24,
-        low52,
-        high52,
-        pct,
-        bid,
-        ask,
-        source if isinstance(source, str) and source else default_source,
-        partition,
-        offset,
-    )
-
-
-def _validate(
-    obj: dict, products: Collection[str], partition: int, offset: int, now: datetime, default_source: str
-) -> TickRow | Rejection:
-    """Every check in order, with the reason of the first that fails."""
     product = obj.get("product_id")
     product_id = product if isinstance(product, str) else None
     missing = [f for f in REQUIRED_FIELDS if obj.get(f) is None]
@@ -186,26 +90,12 @@ def _validate(
             product_id,
             tick_time,
         )
-
     if product_id not in products:
         return Rejection(f"unknown product {product!r} (not in CB_PRODUCTS)", product_id, tick_time)
 
-    nums: list[float] = []
-    for name in SERIES_COLUMNS:
-        v = _number(obj, name)
-        if isinstance(v, str):
-            return Rejection(v, product_id, tick_time)
-        nums.append(v)
-    price, volume, low24, high24, low52, high52, _pct = nums
-    if price <= 0:
-        return Rejection(f"price must be > 0, got {obj['price']!r}", product_id, tick_time)
-    if volume < 0:
-        return Rejection(f"volume_24_h must be >= 0, got {obj['volume_24_h']!r}", product_id, tick_time)
-    if low24 > high24:
-        return Rejection(f"low_24_h {obj['low_24_h']} > high_24_h {obj['high_24_h']}", product_id, tick_time)
-    if low52 > high52:
-        return Rejection(f"low_52_w {obj['low_52_w']} > high_52_w {obj['high_52_w']}", product_id, tick_time)
-
+    nums = _series_numbers(obj)
+    if isinstance(nums, str):
+        return Rejection(nums, product_id, tick_time)
     book: list[float | None] = []
     for name in OPTIONAL_NUMERIC:
         if obj.get(name) in (None, ""):
@@ -215,21 +105,42 @@ def _validate(
         if isinstance(v, str):
             return Rejection(v, product_id, tick_time)
         book.append(v)
+    broken = tick_rules.problem(nums, book[0], book[1])
+    if broken is not None:
+        return Rejection(broken, product_id, tick_time)
 
     source = obj.get("source")
     return (
         product_id,
         tick_time,
-        price,
-        volume,
-        low24,
-        high24,
-        low52,
-        high52,
-        nums[6],
+        *nums,
         book[0],
         book[1],
         source if isinstance(source, str) and source else default_source,
         partition,
         offset,
-    )
+    )  # type: ignore[return-value]
+
+
+def _series_numbers(obj: dict) -> tuple[float, ...] | str:
+    """The SERIES_COLUMNS numbers of a message, or the reason one of them is not a number.
+
+    One orjson call on "[price,volume_24_h,...]" instead of seven float() calls (those were about a third of
+    the sink's per-tick Python time in a profile). orjson rounds JSON numbers exactly as float() does;
+    whatever it cannot read as seven floats ("nan", "1e400", "1_000", ".5", a comma inside a field,
+    integers, whose "-0" float() reads as -0.0) goes through float() field by field, which also words the
+    reason.
+    """
+    try:
+        nums = orjson.loads("[" + ",".join(str(obj[c]) for c in SERIES_COLUMNS) + "]")
+        if len(nums) == len(SERIES_COLUMNS) and all(type(v) is float for v in nums):
+            return tuple(nums)
+    except orjson.JSONDecodeError:
+        pass
+    out = []
+    for name in SERIES_COLUMNS:
+        v = _number(obj, name)
+        if isinstance(v, str):
+            return v
+        out.append(v)
+    return tuple(out)
