@@ -69,6 +69,8 @@ class Settings:
     artifacts_dir: Path
     windows_dir: Path
     demo_lead_lag: str = ""
+    # How often raw_ticks_sensor looks at the raw table (Dagster's minimum interval between evaluations).
+    sensor_interval_s: int = 30
     # librdkafka settings for a managed cluster (TLS, SASL...), from CB_KAFKA_OPT_<NAME> variables.
     kafka_options: tuple[tuple[str, str], ...] = ()
 
@@ -258,6 +260,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         artifacts_dir=Path(artifacts).expanduser().resolve() if artifacts else home / "artifacts",
         windows_dir=Path(windows).expanduser().resolve() if windows else home / "training_windows",
         demo_lead_lag=lead_lag,
+        sensor_interval_s=_int(env, "CB_SENSOR_INTERVAL_S", 30, 1, 3600),
         kafka_options=_kafka_options(env),
     )
 
@@ -280,6 +283,7 @@ def export_env(settings: Settings, env: dict[str, str] | None = None) -> dict[st
         "CB_ARTIFACTS_DIR": str(settings.artifacts_dir),
         "CB_WINDOWS_DIR": str(settings.windows_dir),
         "CB_HOUR_GRACE_S": str(settings.hour_grace_s),
+        "CB_SENSOR_INTERVAL_S": str(settings.sensor_interval_s),
     }
     for key, value in values.items():
         if not env.get(key):

@@ -77,6 +77,26 @@ class DagsterDev:
         )
         return out["stopSensor"]["instigationState"]["status"]
 
+    def sensor_tick_times(self, name: str) -> list[float]:
+        """Timestamps of the sensor's recent evaluations, newest first."""
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
+        data = self.graphql(
+            "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { sensorState "
+            "{ ticks(limit: 20) { timestamp status } } } } }",
+            {"s": selector},
+        )
+        ticks = data["sensorOrError"]["sensorState"]["ticks"]
+        return [t["timestamp"] for t in ticks if t["status"] in ("SUCCESS", "SKIPPED", "FAILURE")]
+
+    def wait_sensor_evaluations(self, name: str, n: int, after: float, timeout_s: float = 120) -> None:
+        """Until the sensor has finished `n` evaluations that started after `after` (a time.time())."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if sum(t > after for t in self.sensor_tick_times(name)) >= n:
+                return
+            time.sleep(1)
+        raise AssertionError(f"{name} did not evaluate {n} times within {timeout_s:.0f} s")
+
     def launch_asset_backfill(self, assets: list[str], partitions: list[str]) -> str:
         """As the asset graph's Materialize button with a range of partitions selected: an asset backfill, run by
         the backfill daemon (honours backfill policies, tracks failed partitions and their downstream)."""

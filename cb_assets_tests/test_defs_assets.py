@@ -14,6 +14,7 @@ import pytest
 
 from cb_assets.db.connection import connect
 from cb_assets.feed.seed import simulate_rows, write_rows
+from cb_assets.model.experiment import series_for, window_sets
 from cb_assets.series.window_store import WindowStore
 from cb_assets_tests.assets_support import (
     ASSET_NAMES,
@@ -79,6 +80,29 @@ def test_outputs_of_a_warm_hour(in_order) -> None:
     assert ws.features.shape == (1199 + 3400, len(PRODUCTS) * 43) and ws.features.dtype == np.float32
     first_anchor = pd.Timestamp(int(ws.anchor_times_ns[0]), tz="UTC")
     assert first_anchor == hour(H2) - pd.Timedelta(seconds=200)
+
+
+def test_materialised_hours_equal_the_in_memory_chain(in_order, market_rows) -> None:
+    """The assets (PostgreSQL reads and writes around the shared per-hour core) give, bit for bit, what the
+    core gives in memory (model/experiment.py's chain, which the live path and the benchmarks share)."""
+    url, res = in_order
+    ticks = {}
+    for p in PRODUCTS:
+        rows = [r for r in market_rows if r[0] == p]
+        times = np.array([pd.Timestamp(r[1]).value for r in rows], dtype=np.int64)
+        ticks[p] = (times, np.array([r[2:9] for r in rows], dtype=np.float64))
+    hours_ns = [int(pd.Timestamp(hour(k)).value) for k in HOURS]
+    series = series_for(ticks, PRODUCTS, hours_ns)
+    stored = table_slice(url, "indicators", hour(H2), hour(H2) + HOUR)
+    for p in PRODUCTS:
+        mine = series[p].indicators.loc[hour(H2) : hour(H2) + HOUR - pd.Timedelta(seconds=1)]
+        theirs = stored[stored["product_id"] == p].set_index("time")[mine.columns]
+        pd.testing.assert_frame_equal(theirs, mine, check_exact=True, check_freq=False, check_names=False)
+    in_memory = window_sets(series, PRODUCTS, [hours_ns[2]])[0]
+    materialised = WindowStore(res["windows_io_manager"].base_dir).load(H2)
+    np.testing.assert_array_equal(materialised.features, in_memory.features)
+    np.testing.assert_array_equal(materialised.labels, in_memory.labels)
+    np.testing.assert_array_equal(materialised.valid, in_memory.valid)
 
 
 def test_kalman_parameters_recorded_per_hour(in_order) -> None:

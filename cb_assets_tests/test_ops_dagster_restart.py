@@ -65,6 +65,7 @@ def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(make_databa
         "CB_HOME": str(tmp_path / "cb_home"),
         "CB_PRODUCTS": ",".join(PRODUCTS),
         "CB_PARTITIONS_START": "2024-03-01-00:00",
+        "CB_SENSOR_INTERVAL_S": "5",
     }
     _, rows = simulate_rows(PRODUCTS, START, 4, seed=21)
     first_three = [r for r in rows if r[1] < START + timedelta(hours=3)]
@@ -81,7 +82,8 @@ def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(make_databa
     write_rows(url, [r for r in rows if r[1] >= START + timedelta(hours=3)])
     with dagster_dev(env, tmp_path) as dev:  # same DAGSTER_HOME and PostgreSQL storage: a restart
         versions = _wait_versions(url, 2, timeout_s=600)
-        time.sleep(70)  # two more sensor evaluations: nothing else may be requested
+        # Two more sensor evaluations: nothing else may be requested.
+        dev.wait_sensor_evaluations("raw_ticks_sensor", 2, after=time.time())
         after = _cursor(dev)
         with dev.instance() as instance:
             runs = [

@@ -82,7 +82,10 @@ def test_broker_down_for_30_s_then_back(tmp_path: Path, make_database) -> None:
         assert feed.poll() is None and sink.poll() is None, "neither process may die while the broker is away"
         during = _count(db)
         broker.start()
-        time.sleep(25)  # the feed's buffered frames go out, the sink resubscribes and drains them
+        # The feed's buffered frames go out and the sink resubscribes: rows arrive again.
+        deadline = time.monotonic() + 90
+        while _count(db) == during and time.monotonic() < deadline:
+            time.sleep(0.5)
         feed_log = _stop(feed, tmp_path / "feed.log")
         produced = _producer_counters(feed_log)
         deadline = time.monotonic() + 60

@@ -8,19 +8,28 @@ from __future__ import annotations
 
 import base64
 import io
+from types import ModuleType
+from typing import Any
 
 import dagster as dg
-import matplotlib
 import numpy as np
 import pandas as pd
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 _MAX_POINTS = 600
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _pyplot() -> ModuleType:
+    """matplotlib on first use: the code server that evaluates sensors never draws, and it costs ~0.3 s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def _png(fig: Any) -> bytes:
+    plt = _pyplot()
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=72)
@@ -40,7 +49,7 @@ def _thin(frame: pd.DataFrame) -> pd.DataFrame:
 def observed_vs_filled(frame: pd.DataFrame, product_id: str, last_s: int = 900) -> bytes:
     """Observed ticks against the causal filter and the smoother for one product, over the hour's last
     `last_s` seconds: long enough to see gaps being filled, short enough to see the lines apart."""
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = _pyplot().subplots(figsize=(6, 2.6))
     frame = frame.iloc[-last_s:]
     obs = frame[frame["observed"]]
     thin = _thin(frame)
@@ -55,7 +64,7 @@ def observed_vs_filled(frame: pd.DataFrame, product_id: str, last_s: int = 900) 
 
 def indicator_snapshot(frame: pd.DataFrame, product_id: str, columns: list[str]) -> bytes:
     """A few indicators of one product over the hour, one small panel each."""
-    fig, axes = plt.subplots(len(columns), 1, figsize=(6, 0.9 * len(columns) + 0.6), sharex=True)
+    fig, axes = _pyplot().subplots(len(columns), 1, figsize=(6, 0.9 * len(columns) + 0.6), sharex=True)
     thin = _thin(frame)
     for ax, col in zip(np.atleast_1d(axes), columns, strict=True):
         ax.plot(thin.index, thin[col], lw=0.9)
@@ -66,7 +75,7 @@ def indicator_snapshot(frame: pd.DataFrame, product_id: str, columns: list[str])
 
 
 def bars(labels: list[str], values: list[float], title: str) -> bytes:
-    fig, ax = plt.subplots(figsize=(6, 2.2))
+    fig, ax = _pyplot().subplots(figsize=(6, 2.2))
     ax.bar(range(len(values)), values)
     ax.set_xticks(range(len(values)), labels, rotation=45, ha="right", fontsize=6)
     ax.tick_params(labelsize=7)

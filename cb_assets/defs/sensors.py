@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import dagster as dg
 
+from cb_assets.config import load_settings
 from cb_assets.db.raw_store import raw_clock
 from cb_assets.defs.jobs import fine_tune_job, hourly_assets_job
 from cb_assets.defs.partitions import hourly_partitions
@@ -45,7 +46,7 @@ class SensorCursor:
 @dg.sensor(
     name="raw_ticks_sensor",
     jobs=[hourly_assets_job, fine_tune_job],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=load_settings().sensor_interval_s,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests the hourly chain for every newly completed hour of raw_ticks, then a fine-tune of "
     "price_model on it (cursor = high-water marks; one indexed query per evaluation).",
