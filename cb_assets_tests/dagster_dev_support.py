@@ -18,7 +18,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from cb_assets.stack.dagster_home import write_instance_yaml
+from cb_assets.config import load_settings
+from cb_assets.stack.dagster_home import dagster_env, write_instance_yaml
 from cb_assets.stack.procs import default_signals_preexec, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +159,10 @@ def dagster_dev(env: dict[str, str], workdir: Path, ready_timeout_s: float = 180
     home.mkdir(parents=True, exist_ok=True)
     write_instance_yaml(home)
     port = free_port()
-    full_env = dict(os.environ, **env, DAGSTER_HOME=str(home))
+    full_env = dict(os.environ, **env)
+    # What `cb-assets up` gives its children: every CB_* value the resources read, resolved.
+    full_env.update(dagster_env(load_settings(full_env)))
+    full_env["DAGSTER_HOME"] = str(home)
     log = workdir / "dagster-dev.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -14,7 +14,10 @@ import pytest
 
 from cb_assets.db.connection import connect
 from cb_assets.feed.seed import simulate_rows, write_rows
+from cb_assets.forecast.engine import LiveEngine
 from cb_assets.model.experiment import series_for, window_sets
+from cb_assets.series.hourly import Ticks
+from cb_assets.series.indicators import FEATURE_NAMES
 from cb_assets.series.window_store import WindowStore
 from cb_assets_tests.assets_support import (
     ASSET_NAMES,
@@ -86,11 +89,7 @@ def test_materialised_hours_equal_the_in_memory_chain(in_order, market_rows) -> 
     """The assets (PostgreSQL reads and writes around the shared per-hour core) give, bit for bit, what the
     core gives in memory (model/experiment.py's chain, which the live path and the benchmarks share)."""
     url, res = in_order
-    ticks = {}
-    for p in PRODUCTS:
-        rows = [r for r in market_rows if r[0] == p]
-        times = np.array([pd.Timestamp(r[1]).value for r in rows], dtype=np.int64)
-        ticks[p] = (times, np.array([r[2:9] for r in rows], dtype=np.float64))
+    ticks = _ticks(market_rows)
     hours_ns = [int(pd.Timestamp(hour(k)).value) for k in HOURS]
     series = series_for(ticks, PRODUCTS, hours_ns)
     stored = table_slice(url, "indicators", hour(H2), hour(H2) + HOUR)
@@ -103,6 +102,60 @@ def test_materialised_hours_equal_the_in_memory_chain(in_order, market_rows) -> 
     np.testing.assert_array_equal(materialised.features, in_memory.features)
     np.testing.assert_array_equal(materialised.labels, in_memory.labels)
     np.testing.assert_array_equal(materialised.valid, in_memory.valid)
+
+
+def test_live_engine_steps_every_second_exactly_as_the_assets(in_order, market_rows) -> None:
+    """The live forecaster's engine, fed the stored rows frame by frame (microsecond times, as in raw_ticks)
+    from the start of H1, computes for every second of H1 and H2 the features the indicators asset stored,
+    and its window at an anchor is the stored training window there."""
+    url, res = in_order
+    h1 = int(pd.Timestamp(hour(H1)).value) // 1_000_000_000
+    ticks = _ticks(market_rows)
+    # Start as the forecaster does after a restart at H1's first second: state from the stored history.
+    history = {p: Ticks(t[t <= h1 * 10**9], v[t <= h1 * 10**9]) for p, (t, v) in ticks.items()}
+    engine = LiveEngine.from_history(PRODUCTS, history, h1)
+    stream = sorted(
+        (int(t), p, v) for p, (ts, vs) in ticks.items() for t, v in zip(ts, vs, strict=True) if t > h1 * 10**9
+    )
+    live = {p: [engine.live[p].ring.block()[0][-1:].copy()] for p in PRODUCTS}
+    usable = {p: [engine.live[p].ring.block()[1][-1:].copy()] for p in PRODUCTS}
+    end = h1 + 2 * 3600 - 1
+    anchor = h1 + 3600 + 3395  # one of H2's windows (anchors H2 - 200 s .. H2 + 3399 s)
+    i = 0
+    for second in range(h1 + 5, end + 5, 5):  # frames every 5 s: close what a frame's arrival closes
+        while i < len(stream) and stream[i][0] <= second * 10**9:
+            t, p, v = stream[i]
+            engine.add_ticks([p], np.array([t]), v[None])
+            i += 1
+        n = engine.advance_to(min(second, end))
+        if engine.anchor_s == anchor:
+            x = engine.model_input()
+        for p in PRODUCTS:
+            block, ok = engine.live[p].ring.block()
+            live[p].append(block[-n:].copy())
+            usable[p].append(ok[-n:].copy())
+    assert engine.counters.late_ticks == 0 and engine.anchor_s == end
+    stored = table_slice(url, "indicators", hour(H1), hour(H2) + HOUR)
+    for p in PRODUCTS:
+        expected = stored[stored["product_id"] == p]
+        got = np.concatenate(live[p])
+        assert got.shape == (7200, len(FEATURE_NAMES))
+        np.testing.assert_array_equal(got, expected[list(FEATURE_NAMES)].to_numpy(np.float32))
+        np.testing.assert_array_equal(np.concatenate(usable[p]), expected["warm"].to_numpy())
+    # The live window at an anchor is the stored training window ending there.
+    ws = WindowStore(res["windows_io_manager"].base_dir).load(H2)
+    k = int(np.flatnonzero(ws.anchor_times_ns == anchor * 10**9)[0])
+    assert x.valid and ws.valid[k]
+    np.testing.assert_array_equal(x.matrix, ws.window_at(k))
+
+
+def _ticks(market_rows: list[tuple]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for p in PRODUCTS:
+        rows = [r for r in market_rows if r[0] == p]
+        times = np.array([pd.Timestamp(r[1]).value for r in rows], dtype=np.int64)
+        out[p] = (times, np.array([r[2:9] for r in rows], dtype=np.float64))
+    return out
 
 
 def test_kalman_parameters_recorded_per_hour(in_order) -> None:
