@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -50,6 +50,18 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ForecastSettings:
+    """The live forecaster (`cb-assets forecast`)."""
+
+    port: int = 8765  # HTTP: GET /forecasts/latest and /forecasts/stream (server-sent events)
+    max_staleness_s: int = 30  # no forecast for a product whose newest tick is older (data seconds)
+    every_s: int = 1  # at most one forecast per this many data seconds (each time new ticks land)
+    linger_ms: int = 50  # wait this long for the rest of a frame's ticks before closing its second
+    retention_days: int = 30  # scored ledger rows older than this go once forecast_scores has their hour
+    threads: int = 1  # TensorFlow threads: the sink and Dagster keep their share of the cores
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     database_embedded: bool
@@ -71,6 +83,7 @@ class Settings:
     demo_lead_lag: str = ""
     # How often raw_ticks_sensor looks at the raw table (Dagster's minimum interval between evaluations).
     sensor_interval_s: int = 30
+    forecast: ForecastSettings = field(default_factory=lambda: ForecastSettings())
     # librdkafka settings for a managed cluster (TLS, SASL...), from CB_KAFKA_OPT_<NAME> variables.
     kafka_options: tuple[tuple[str, str], ...] = ()
 
@@ -261,6 +274,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         windows_dir=Path(windows).expanduser().resolve() if windows else home / "training_windows",
         demo_lead_lag=lead_lag,
         sensor_interval_s=_int(env, "CB_SENSOR_INTERVAL_S", 30, 1, 3600),
+        forecast=ForecastSettings(
+            port=_int(env, "CB_FORECAST_PORT", 8765, 1024, 65535),
+            max_staleness_s=_int(env, "CB_FORECAST_MAX_STALENESS_S", 30, 1, 86_400),
+            every_s=_int(env, "CB_FORECAST_EVERY_S", 1, 1, 3600),
+            linger_ms=_int(env, "CB_FORECAST_LINGER_MS", 50, 0, 10_000),
+            retention_days=_int(env, "CB_FORECAST_RETENTION_DAYS", 30, 1, 3650),
+            threads=_int(env, "CB_FORECAST_THREADS", 1, 1, 64),
+        ),
         kafka_options=_kafka_options(env),
     )
 

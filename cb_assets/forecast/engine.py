@@ -214,6 +214,16 @@ class LiveEngine:
             live.last_tick_ns = max(live.last_tick_ns or 0, (live.hour_s + int(seen[-1])) * SECOND_NS)
             live.last_price = float(live.y[seen[-1], 0])
 
+    def seconds_with_ticks(self, upto: int) -> list[int]:
+        """The seconds up to `upto` (inclusive) not closed yet that hold at least one tick, ascending."""
+        found: set[int] = set()
+        for live in self.live.values():
+            for t in live.pending_t:
+                second = -((-t) // SECOND_NS)
+                if second <= upto:
+                    found.add(second)
+        return sorted(found)
+
     @property
     def anchor_s(self) -> int:
         """The newest closed second."""

@@ -15,6 +15,7 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         feed_source="none" if args.no_feed else args.source,
         replay_file=args.file,
         with_sink=not args.no_sink,
+        with_forecaster=not args.no_forecast,
         with_dagster=not args.no_dagster,
         status_interval_s=args.status_interval,
     )
@@ -24,9 +25,9 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "up",
-        help="run the whole platform in the foreground (services, migrations, feed, sink, dagster dev)",
+        help="run the whole platform in the foreground (services, migrations, feed, sink, forecaster, dagster dev)",
         description="Start the local services where none are configured, apply migrations, then run the feed, the "
-        "sink and `dagster dev -w workspace.yaml` until Ctrl-C or SIGTERM, which stops every child. With "
+        "sink, the live forecaster and `dagster dev -w workspace.yaml` until Ctrl-C or SIGTERM, which stops every child. With "
         "--source auto the live Coinbase feed is used when it answers within a few seconds, else the simulated "
         "market (paced by CB_DEMO_SPEED).",
     )
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--file", help="recording to replay with --source replay")
     p.add_argument("--no-feed", action="store_true", help="do not run a feed")
     p.add_argument("--no-sink", action="store_true", help="do not run the Kafka -> PostgreSQL sink")
+    p.add_argument("--no-forecast", action="store_true", help="do not run the live forecaster")
     p.add_argument("--no-dagster", action="store_true", help="do not run dagster dev")
     p.add_argument("--status-interval", type=float, default=15.0, help="seconds between status lines")
     p.set_defaults(handler=_cmd_up)

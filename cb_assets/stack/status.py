@@ -6,6 +6,7 @@ import psycopg
 
 from cb_assets.config import Settings
 from cb_assets.db.connection import connect
+from cb_assets.db.forecast_store import live_skill_by_version, read_status
 from cb_assets.db.status_store import dagster_run_counts, platform_counts
 from cb_assets.series.clock import newest_complete_hour
 
@@ -22,9 +23,25 @@ def _runs(settings: Settings) -> str:
     )
 
 
+def _forecaster(conn: psycopg.Connection, champion_id: int | None) -> str:
+    status = read_status(conn)
+    if status is None:
+        return "forecaster: not started"
+    c = status.counters
+    skips = ", ".join(
+        f"{k} {v}" for k, v in sorted((c.get("skips") or {}).items(), key=lambda kv: -kv[1])[:4]
+    )
+    skill = live_skill_by_version(conn).get(champion_id) if champion_id else None
+    live = f", live skill {skill[0]:+.3f} on {skill[1]} scored" if skill and skill[1] else ""
+    return f"forecaster {c.get('state', '?')}: {status.forecasts_last_minute} forecasts/min{live}" + (
+        f"; skipped: {skips}" if skips else ""
+    )
+
+
 def status_line(settings: Settings) -> str:
     with connect(settings.database_url, autocommit=True, timeout_s=3) as conn:
         c = platform_counts(conn)
+        forecaster = _forecaster(conn, c.champion_id)
     if c.newest_tick is not None:
         complete = newest_complete_hour(c.newest_tick, settings.hour_grace_s)
         clock = f"newest tick {c.newest_tick:%Y-%m-%d %H:%M:%S}, complete hours through {complete:%H:00}"
@@ -37,5 +54,5 @@ def status_line(settings: Settings) -> str:
     )
     return (
         f"ticks {c.ticks} (+{c.ticks_last_minute}/min), rejected {c.rejected}, {clock}; "
-        f"hours filled {c.hours_filled}; {_runs(settings)}; {model}"
+        f"hours filled {c.hours_filled}; {_runs(settings)}; {model}; {forecaster}"
     )

@@ -54,6 +54,7 @@ class UpOptions:
     feed_source: str = "auto"  # auto | live | simulated | replay | none
     replay_file: str | None = None
     with_sink: bool = True
+    with_forecaster: bool = True
     with_dagster: bool = True
     status_interval_s: float = 15.0
     stop_grace_s: float = 20.0
@@ -68,6 +69,8 @@ def plan_children(settings: Settings, opts: UpOptions) -> list[Child]:
     children: list[Child] = []
     if opts.with_sink:
         children.append(Child("sink", _cb_assets_argv("sink"), essential=False))
+    if opts.with_forecaster:
+        children.append(Child("forecast", _cb_assets_argv("forecast"), essential=False))
     if opts.feed_source != "none":
         feed = ["feed", "--source", opts.feed_source]
         if opts.replay_file:
