@@ -12,8 +12,9 @@ from __future__ import annotations
 import dagster as dg
 
 from cb_assets.defs.filled_series import filled_series
+from cb_assets.defs.forecast_scores import forecast_ledger, forecast_scores
 from cb_assets.defs.indicators import indicators
-from cb_assets.defs.jobs import fine_tune_job, hourly_assets_job
+from cb_assets.defs.jobs import fine_tune_job, forecast_scores_job, hourly_assets_job
 from cb_assets.defs.price_model import price_model
 from cb_assets.defs.raw_ticks import raw_ticks
 from cb_assets.defs.resources import default_resources
@@ -22,8 +23,16 @@ from cb_assets.defs.sensors import raw_ticks_sensor
 from cb_assets.defs.training_windows import training_windows
 
 defs = dg.Definitions(
-    assets=[raw_ticks, filled_series, indicators, training_windows, price_model],
-    jobs=[hourly_assets_job, fine_tune_job],
+    assets=[
+        raw_ticks,
+        filled_series,
+        indicators,
+        training_windows,
+        price_model,
+        forecast_ledger,
+        forecast_scores,
+    ],
+    jobs=[hourly_assets_job, fine_tune_job, forecast_scores_job],
     schedules=[hourly_assets_schedule],
     sensors=[raw_ticks_sensor],
     resources=default_resources(),

@@ -12,7 +12,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-ASSETS = {"raw_ticks", "filled_series", "indicators", "training_windows", "price_model"}
+ASSETS = {
+    "raw_ticks",
+    "filled_series",
+    "indicators",
+    "training_windows",
+    "price_model",
+    "forecast_ledger",
+    "forecast_scores",
+}
 CHECKS = {
     "raw_ticks": {
         "numbers_finite",
@@ -31,8 +39,9 @@ CHECKS = {
     "indicators": {"warm_rows_complete"},
     "training_windows": {"windows_well_formed"},
     "price_model": {"finite_forecasts", "skill_not_below_persistence"},
+    "forecast_scores": {"champion_live_skill"},
 }
-JOBS = {"hourly_assets_job", "fine_tune_job"}
+JOBS = {"hourly_assets_job", "fine_tune_job", "forecast_scores_job"}
 SENSORS = {"raw_ticks_sensor"}
 SCHEDULES = {"hourly_assets_schedule": "5 * * * *"}
 RESOURCES = {"postgres", "market", "artifacts", "windows", "windows_io_manager"}

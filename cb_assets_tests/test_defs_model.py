@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pytest
 
 from cb_assets.db.connection import connect
@@ -121,27 +120,6 @@ def test_initial_training_then_fine_tune_with_registry(platform, instance) -> No
     assert not again.success
     failure = next(e for e in again.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     assert "nothing to train on" in failure.step_failure_data.error.message
-
-
-def test_predict_prints_the_champions_forecast(platform, monkeypatch, capsys) -> None:
-    """Runs after the training test (module order): the champion forecasts the newest warm window."""
-    url, _, _ = platform
-    from cb_assets.cli import main
-    from cb_assets.model.predict import champion_forecast
-
-    fc = champion_forecast(url, list(PRODUCTS))
-    assert [r["product"] for r in fc.rows] == list(PRODUCTS)
-    assert fc.anchor_time >= hour(H[3])  # the newest hour with warm indicators
-    for r in fc.rows:
-        assert r["last_price"] > 0
-        for h in (10, 20, 100, 200):
-            assert np.isfinite(r[f"r{h}s"]) and abs(r[f"r{h}s"]) < 0.05
-            assert r[f"p{h}s"] == pytest.approx(r["last_price"] * np.exp(r[f"r{h}s"]))
-    monkeypatch.setenv("CB_DATABASE_URL", url)
-    monkeypatch.setenv("CB_PRODUCTS", ",".join(PRODUCTS))
-    assert main(["predict"]) == 0
-    out = capsys.readouterr().out
-    assert f"champion v{fc.version_id}" in out and all(p in out for p in PRODUCTS)
 
 
 def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:

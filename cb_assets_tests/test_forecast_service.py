@@ -17,6 +17,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from cb_assets.cli import main
 from cb_assets.config import load_settings
 from cb_assets.db.connection import connect
 from cb_assets.feed.seed import simulate_rows, write_rows
@@ -96,7 +97,13 @@ def _sse_first_event(port: int, timeout_s: float) -> dict:
 
 @pytest.mark.slow
 def test_forecasts_are_made_kept_scored_served_and_survive_restart_and_swap(
-    make_database, kafka_bootstrap: str, topic_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_database,
+    kafka_bootstrap: str,
+    topic_name: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="cb_assets.forecast.service")
     url = make_database()
@@ -192,4 +199,13 @@ def test_forecasts_are_made_kept_scored_served_and_survive_restart_and_swap(
     }
     missing = sorted(t for t in played - anchors - guarded if not stopped_after < t < resumed_at)
     assert not missing, f"frames without a forecast or a reason: {missing[:5]} of {len(played)}"
+    # `cb-assets predict` shows the newest ledger forecasts and their age.
+    monkeypatch.setenv("CB_DATABASE_URL", url)
+    capsys.readouterr()
+    assert main(["predict"]) == 0
+    out = capsys.readouterr().out
+    newest = max(k[2] for k in after)
+    assert (
+        f"anchor {newest:%Y-%m-%d %H:%M:%S} UTC" in out and "s ago" in out and all(p in out for p in PRODUCTS)
+    )
     print(f"\nforecaster: {len(after)} ledger rows, forecasting again {restart_s:.1f} s after the restart")

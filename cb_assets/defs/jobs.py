@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from cb_assets.defs.filled_series import FILLED_SERIES
+from cb_assets.defs.forecast_scores import FORECAST_SCORES
 from cb_assets.defs.indicators import INDICATORS
 from cb_assets.defs.partitions import hourly_partitions
 from cb_assets.defs.price_model import PRICE_MODEL
@@ -29,4 +30,11 @@ fine_tune_job = dg.define_asset_job(
     description="Warm-start price_model from the champion and fine-tune it on newly completed hours (with a "
     "replay sample of older ones); the challenger is promoted only if its held-out score is not worse.",
     tags={"cb/chain": "fine_tune"},
+)
+
+forecast_scores_job = dg.define_asset_job(
+    name="forecast_scores_job",
+    selection=dg.AssetSelection.assets(FORECAST_SCORES),
+    partitions_def=hourly_partitions,
+    description="Score the live forecasts anchored in an hour once their outcomes are known.",
 )

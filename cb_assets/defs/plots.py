@@ -81,3 +81,20 @@ def bars(labels: list[str], values: list[float], title: str) -> bytes:
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
     return _png(fig)
+
+
+def skill_lines(scores: pd.DataFrame, title: str) -> bytes:
+    """Live skill per hour, one line per horizon (pooled over products, weighted by scored forecasts)."""
+    fig, ax = _pyplot().subplots(figsize=(6, 2.4))
+    for h, g in scores.groupby("horizon_s"):
+        per_hour = g.groupby("hour").apply(
+            lambda x: 1.0 - (x["mse"] * x["n"]).sum() / max((x["mse_persistence"] * x["n"]).sum(), 1e-300),
+            include_groups=False,
+        )
+        ax.plot(per_hour.index, per_hour.to_numpy(), marker="o", ms=3, lw=1.0, label=f"{int(h)} s")
+    ax.axhline(0.0, color="k", lw=0.6)
+    ax.set_ylabel("skill vs persistence", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)

@@ -169,6 +169,25 @@ class ModelMetricsModel(_Strict):
     hit_rate: Series[float] = pa.Field(nullable=True, description="sign hit rate on moves above the deadband")
 
 
+class ForecastScoresModel(_Strict):
+    """Live scores of the forecasts anchored in one hour: per model version, product and horizon."""
+
+    version_id: Series[int] = pa.Field(ge=1, description="model version that made the forecasts")
+    product_id: Series[str] = pa.Field(description="product")
+    horizon_s: Series[int] = pa.Field(isin=[10, 20, 100, 200], description="forecast horizon")
+    n: Series[int] = pa.Field(ge=1, description="forecasts with an observed outcome")
+    skill: Series[float] = pa.Field(nullable=True, description="1 - MSE / MSE(persistence) on live outcomes")
+    hit_rate: Series[float] = pa.Field(
+        nullable=True, ge=0, le=1, description="direction right on moves > 1 bp"
+    )
+    ic: Series[float] = pa.Field(
+        nullable=True, ge=-1, le=1, description="Spearman correlation of forecast and outcome"
+    )
+    mae_bp: Series[float] = pa.Field(ge=0, description="mean absolute error, basis points")
+    mse: Series[float] = pa.Field(ge=0, description="mean squared error (log-return units)")
+    mse_persistence: Series[float] = pa.Field(ge=0, description="mean squared outcome: persistence's MSE")
+
+
 def column_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
     """The Dagster TableSchema of a pandera model (for `dagster/column_schema`)."""
     from dagster_pandera import pandera_schema_to_dagster_type

@@ -13,16 +13,18 @@ No TensorFlow here: sensors are evaluated in the code server and time out after 
 
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 
 import dagster as dg
 
 from cb_assets.config import load_settings
 from cb_assets.db.raw_store import raw_clock
-from cb_assets.defs.jobs import fine_tune_job, hourly_assets_job
+from cb_assets.defs.jobs import fine_tune_job, forecast_scores_job, hourly_assets_job
 from cb_assets.defs.partitions import hourly_partitions
 from cb_assets.defs.resources import MarketResource, PostgresResource, WindowStoreResource
 from cb_assets.model.pipeline import MIN_HOLDOUT_WINDOWS
 from cb_assets.series.clock import HOUR, floor_hour, hour_start, newest_complete_hour, partition_key
+from cb_assets.series.schema import HORIZONS_S
 
 # A fine-tune needs held-out windows in the newest hour; hours with fewer valid windows are passed over.
 MIN_VALID_WINDOWS = 3 * MIN_HOLDOUT_WINDOWS
@@ -34,6 +36,7 @@ class SensorCursor:
     fine_tuned_through: str | None = None
     newest_tick: str | None = None
     newest_received_at: str | None = None
+    scored_through: str | None = None
 
     @classmethod
     def parse(cls, raw: str | None) -> "SensorCursor":
@@ -43,9 +46,36 @@ class SensorCursor:
         return json.dumps(asdict(self), sort_keys=True)
 
 
+def _range_request(job_name: str, first: datetime, last: datetime, prefix: str) -> dg.RunRequest:
+    first_key, last_key = partition_key(first), partition_key(last)
+    if first_key == last_key:
+        return dg.RunRequest(run_key=f"{prefix}:{first_key}", job_name=job_name, partition_key=first_key)
+    return dg.RunRequest(
+        run_key=f"{prefix}:{first_key}..{last_key}",
+        job_name=job_name,
+        tags={
+            "dagster/asset_partition_range_start": first_key,
+            "dagster/asset_partition_range_end": last_key,
+        },
+    )
+
+
+def _scores_request(
+    cursor: SensorCursor, newest: datetime, earliest: datetime, grace_s: int
+) -> dg.RunRequest | None:
+    """forecast_scores for the hours whose every forecast can be scored: the data has passed the hour's end
+    plus the longest horizon plus the grace for late ticks."""
+    scoreable = newest_complete_hour(newest - timedelta(seconds=max(HORIZONS_S)), grace_s)
+    start = hour_start(cursor.scored_through) + HOUR if cursor.scored_through else earliest
+    if start > scoreable:
+        return None
+    cursor.scored_through = partition_key(scoreable)
+    return _range_request(forecast_scores_job.name, start, scoreable, "scores")
+
+
 @dg.sensor(
     name="raw_ticks_sensor",
-    jobs=[hourly_assets_job, fine_tune_job],
+    jobs=[hourly_assets_job, fine_tune_job, forecast_scores_job],
     minimum_interval_seconds=load_settings().sensor_interval_s,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Requests the hourly chain for every newly completed hour of raw_ticks, then a fine-tune of "
@@ -70,20 +100,8 @@ def raw_ticks_sensor(
     earliest = max(floor_hour(first), floor_hour(hourly_partitions.start))
     start = hour_start(cursor.requested_through) + HOUR if cursor.requested_through else earliest
     if start <= complete:
-        first_key, last_key = partition_key(start), partition_key(complete)
-        tags = {
-            "dagster/asset_partition_range_start": first_key,
-            "dagster/asset_partition_range_end": last_key,
-        }
-        requests.append(
-            dg.RunRequest(
-                run_key=f"hours:{first_key}..{last_key}",
-                job_name=hourly_assets_job.name,
-                partition_key=first_key if first_key == last_key else None,
-                tags={} if first_key == last_key else tags,
-            )
-        )
-        cursor.requested_through = last_key
+        requests.append(_range_request(hourly_assets_job.name, start, complete, "hours"))
+        cursor.requested_through = partition_key(complete)
 
     ready: list[str] = []
     passed_over: list[str] = []
@@ -110,6 +128,9 @@ def raw_ticks_sensor(
                 tags={"cb/hours": ",".join(ready)},
             )
         )
+    scores = _scores_request(cursor, newest, earliest, market.hour_grace_s)
+    if scores is not None:
+        requests.append(scores)
     if not requests:
         return dg.SensorResult(
             skip_reason=dg.SkipReason(

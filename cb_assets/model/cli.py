@@ -8,10 +8,10 @@ from cb_assets.config import Settings
 
 
 def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
-    from cb_assets.model.predict import NoForecast, champion_forecast, render
+    from cb_assets.model.predict import NoForecast, newest_forecast, render
 
     try:
-        fc = champion_forecast(settings.database_url, list(settings.products))
+        fc = newest_forecast(settings.database_url)
     except NoForecast as exc:
         print(f"no forecast: {exc}")
         return 1
@@ -22,8 +22,9 @@ def _cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="print the champion model's forecasts for the newest complete window",
-        description="Load the champion from the model registry and forecast log returns and prices of every "
-        "product at 10/20/100/200 s from the newest 1000 s window with warm indicators for all products.",
+        help="print the newest live forecasts from the ledger, with their age",
+        description="Print the newest forecasts the live forecaster recorded (log returns and prices of every "
+        "product at 10/20/100/200 s, the model version and the data second they were made at), and how long "
+        "ago they were made.",
     )
     p.set_defaults(handler=_cmd_predict)

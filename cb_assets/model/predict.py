@@ -1,101 +1,67 @@
-"""The champion's forecasts for the newest complete window (what `cb-assets predict` prints).
+"""What `cb-assets predict` prints: the newest forecasts in the ledger, with their age.
 
-The newest window is the 1000 seconds of indicators ending at the newest second where every product is warm;
-forecast prices are the last observed price at that second times exp(forecast log return).
+The live forecaster (`cb-assets forecast`) makes them at the newest data second with the champion; this only
+reads them, so it answers instantly and shows exactly what was recorded (and will be scored).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-import numpy as np
-import pandas as pd
+from datetime import UTC, datetime
 
 from cb_assets.db.connection import connect
-from cb_assets.db.series_store import newest_anchor_warm_for_all, read_frame
-from cb_assets.model import registry
-from cb_assets.series.hourly import by_product
-from cb_assets.series.indicators import FEATURE_NAMES
-from cb_assets.series.model_input import ModelInput, window_from_frames
-from cb_assets.series.schema import HORIZONS_S, WINDOW_S
+from cb_assets.db.forecast_store import newest_forecasts
+from cb_assets.series.schema import HORIZONS_S
 
 
 class NoForecast(RuntimeError):
-    """Why there is nothing to forecast from yet (no champion, no warm window)."""
+    """Why there is nothing to show yet."""
 
 
 @dataclass(frozen=True)
 class Forecast:
     version_id: int
     anchor_time: datetime
+    made_at: datetime
     rows: list[dict]  # product, last_price, then r{h}s (log return) and p{h}s (price) per horizon
 
+    def age_s(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(UTC)) - self.made_at).total_seconds()
 
-def newest_window(
-    database_url: str, products: list[str], window: int = WINDOW_S
-) -> tuple[datetime, ModelInput, dict]:
-    """The newest window where every product is warm, as the model input assembler builds it."""
+
+def newest_forecast(database_url: str) -> Forecast:
     with connect(database_url) as conn:
-        t = newest_anchor_warm_for_all(conn, len(products))
-        if t is None:
-            raise NoForecast("no second has warm indicators for every product yet: materialise more hours")
-        start = t - timedelta(seconds=window - 1)
-        ind = read_frame(
-            conn,
-            "indicators",
-            ("product_id", "time", "warm", *FEATURE_NAMES),
-            start,
-            t + timedelta(seconds=1),
+        frame = newest_forecasts(conn)
+    if frame.empty:
+        raise NoForecast(
+            "the forecast ledger is empty: `cb-assets forecast` writes it (`cb-assets up` starts it) once a "
+            "champion model exists and the features are warm"
         )
-        obs = read_frame(
-            conn,
-            "filled_series",
-            ("product_id", "time", "price"),
-            t - timedelta(hours=1),
-            t + timedelta(seconds=1),
-        )
-    x = window_from_frames(by_product(ind), int(pd.Timestamp(t).value), products, window)
-    if not x.valid:
-        raise NoForecast(x.reason or "the newest window is not usable")
-    last = {
-        p: float(g["price"].dropna().iloc[-1])
-        for p, g in obs.groupby("product_id")
-        if g["price"].notna().any()
-    }
-    return t, x, last
-
-
-def champion_forecast(database_url: str, products: list[str]) -> Forecast:
-    from cb_assets.model.network import column_names_of, load_model, predict_returns
-
-    with connect(database_url) as conn:
-        champ = registry.alias(conn)
-    if champ is None:
-        raise NoForecast("no champion model yet: materialise price_model (or let raw_ticks_sensor do it)")
-    model = load_model(champ.artifact_path)
-    _, output_names = column_names_of(model)
-    model_products = list(dict.fromkeys(n.split(":")[0] for n in (output_names or ())))
-    if model_products and model_products != list(products):
-        products = model_products  # the model decides the column order it was trained with
-    t, x, last = newest_window(database_url, products)
-    returns = predict_returns(model, x.matrix)[0]
     rows = []
-    for j, p in enumerate(products):
-        row: dict = {"product": p, "last_price": last.get(p, float("nan"))}
-        for k, h in enumerate(HORIZONS_S):
-            r = float(returns[j * len(HORIZONS_S) + k])
-            row[f"r{h}s"] = r
-            row[f"p{h}s"] = row["last_price"] * float(np.exp(r))
+    for product, g in frame.groupby("product_id", sort=False):
+        row: dict = {"product": product, "last_price": float(g["last_price"].iloc[0])}
+        for h, r, p in zip(g["horizon_s"], g["forecast_return"], g["forecast_price"], strict=True):
+            row[f"r{int(h)}s"], row[f"p{int(h)}s"] = float(r), float(p)
         rows.append(row)
-    return Forecast(champ.id, t, rows)
+    return Forecast(
+        version_id=int(frame["version_id"].max()),
+        anchor_time=frame["anchor"].iloc[0],
+        made_at=max(frame["made_at"]),
+        rows=rows,
+    )
 
 
 def render(fc: Forecast) -> str:
-    head = f"champion v{fc.version_id}, window ending {fc.anchor_time:%Y-%m-%d %H:%M:%S} UTC"
+    head = (
+        f"champion v{fc.version_id}, anchor {fc.anchor_time:%Y-%m-%d %H:%M:%S} UTC (data time), "
+        f"made {fc.age_s():.0f} s ago"
+    )
     cols = "".join(f" | {h:>4}s ret (bp) | {h:>4}s price" for h in HORIZONS_S)
     lines = [head, f"{'product':<9} | {'last price':>12}{cols}"]
+    nan = float("nan")
     for r in fc.rows:
-        cells = "".join(f" | {r[f'r{h}s'] * 1e4:>13.2f} | {r[f'p{h}s']:>10.6g}" for h in HORIZONS_S)
+        cells = "".join(
+            f" | {r.get(f'r{h}s', nan) * 1e4:>13.2f} | {r.get(f'p{h}s', nan):>10.6g}" for h in HORIZONS_S
+        )
         lines.append(f"{r['product']:<9} | {r['last_price']:>12.6g}{cells}")
     return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""forecast_scores on a ledger with known outcomes: the scores are the held-out metrics of those outcomes, a
+champion worse than persistence is flagged, a good one is not, and the plot is there for the UI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from cb_assets.db.connection import connect
+from cb_assets.db.forecast_store import LedgerRow, score_due, write_forecasts
+from cb_assets.defs.forecast_scores import forecast_scores
+from cb_assets.defs.resources import resources_for
+from cb_assets.model import registry
+
+HOUR = datetime(2024, 3, 1, 12, tzinfo=UTC)
+KEY = "2024-03-01-12:00"
+PRODUCTS = ("BTC-USD", "ETH-USD")
+
+
+def _version(conn, heldout: float) -> int:
+    v = registry.register(
+        conn,
+        kind="initial",
+        parent_id=None,
+        partitions=["2024-03-01-11:00"],
+        target_hour=None,
+        metrics={"challenger": {"score": heldout}},
+        artifact_path="/nonexistent.keras",
+        status="promoted",
+        decision_reason="test",
+    )
+    return v
+
+
+def _ledger(url: str, good: int, bad: int) -> dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray]]:
+    """Forecasts every 5 s of the hour; outcomes written as raw ticks, then scored from them by the store.
+
+    The good version forecasts half of the realised move, the bad one its opposite."""
+    rng = np.random.default_rng(4)
+    anchors = [HOUR + timedelta(seconds=s) for s in range(0, 3600, 5)]
+    truth = {}
+    rows, ticks = [], []
+    for p in PRODUCTS:
+        base = 100.0 if p == "BTC-USD" else 10.0
+        # A price path with one tick per second; the outcome of (anchor, h) is its log change over h.
+        path = base * np.exp(np.cumsum(rng.normal(0, 1e-4, 3600 + 400)))
+        for s in range(3600 + 400):
+            ticks.append((p, HOUR + timedelta(seconds=s), float(path[s])))
+        for h in (10, 20, 100, 200):
+            y = np.array([np.log(path[s + h] / path[s]) for s in range(0, 3600, 5)])
+            truth[(good, p, h)] = (y, 0.5 * y)
+            truth[(bad, p, h)] = (y, -y)
+            for version, f in ((good, 0.5 * y), (bad, -y)):
+                for a, s, r in zip(anchors, range(0, 3600, 5), f, strict=True):
+                    last = float(path[s])
+                    rows.append(LedgerRow(version, p, a, h, float(r), last * float(np.exp(r)), last))
+    with connect(url) as conn:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY raw_ticks (product_id, time, price, volume_24_h, low_24_h, high_24_h, low_52_w, high_52_w, "
+                "price_percent_chg_24_h, source) FROM STDIN"
+            ) as copy,
+        ):
+            for p, t, price in ticks:
+                copy.write_row(
+                    (p, t, price, 1.0, price / 2, price * 2, price / 3, price * 3, 0.0, "simulated")
+                )
+        conn.commit()
+        write_forecasts(conn, rows)
+        conn.commit()
+        assert score_due(conn, slack_s=0) == len(rows)
+        conn.commit()
+    return truth
+
+
+@pytest.fixture(scope="module")
+def scored(database_url: str, tmp_path_factory: pytest.TempPathFactory):
+    with connect(database_url) as conn:
+        good = _version(conn, heldout=0.7)
+        bad = _version(conn, heldout=0.2)
+        registry.set_alias(conn, bad, "test: a champion that is worse than persistence live")
+        conn.commit()
+    truth = _ledger(database_url, good, bad)
+    res = resources_for(database_url, tmp_path_factory.mktemp("scores"), PRODUCTS)
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("instance"))) as instance:
+        result = dg.materialize([forecast_scores], partition_key=KEY, resources=res, instance=instance)
+    return database_url, good, bad, truth, result
+
+
+def test_scores_are_the_metrics_of_the_outcomes(scored) -> None:
+    url, good, bad, truth, result = scored
+    assert result.success
+    with connect(url) as conn:
+        rows = conn.execute(
+            "SELECT version_id, product_id, horizon_s, n, skill, mae_bp FROM forecast_scores WHERE hour = %s",
+            (HOUR,),
+        ).fetchall()
+    assert len(rows) == 2 * len(PRODUCTS) * 4
+    for version, product, h, n, skill, mae_bp in rows:
+        y, f = truth[(version, product, h)]
+        assert n == len(y) == 720
+        assert skill == pytest.approx(1 - np.mean((f - y) ** 2) / np.mean(y**2), rel=1e-9)
+        assert mae_bp == pytest.approx(np.mean(np.abs(f - y)) * 1e4, rel=1e-9)
+    by_version = {v: [s for vv, _, _, _, s, _ in rows if vv == v] for v in (good, bad)}
+    assert all(s == pytest.approx(0.75) for s in by_version[good])
+    assert all(s == pytest.approx(-3.0) for s in by_version[bad])
+
+
+def test_a_champion_worse_than_persistence_live_is_flagged_with_a_plot(scored) -> None:
+    _, _, bad, _, result = scored
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == "champion_live_skill" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert "significantly below persistence" in check.description
+    assert check.metadata["champion_version_id"].value == bad
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["champion_skill"].value == pytest.approx(-3.0)
+    assert "data:image/png;base64," in meta["live_skill_plot"].value
+
+
+def test_outcomes_are_the_last_price_at_anchor_plus_horizon(scored) -> None:
+    url, good, *_ = scored
+    with connect(url) as conn:
+        a, h, ret, last, outcome = conn.execute(
+            "SELECT anchor, horizon_s, outcome_return, last_price, outcome_price FROM forecasts "
+            "WHERE version_id = %s AND product_id = 'ETH-USD' ORDER BY anchor, horizon_s LIMIT 1 OFFSET 77",
+            (good,),
+        ).fetchone()
+        price = conn.execute(
+            "SELECT price FROM raw_ticks WHERE product_id = 'ETH-USD' AND time <= %s ORDER BY time DESC LIMIT 1",
+            (a + timedelta(seconds=h),),
+        ).fetchone()[0]
+    assert outcome == price and ret == pytest.approx(np.log(price / last), abs=1e-15)
+
+
+def test_a_good_champion_passes(database_url: str, tmp_path: Path, scored) -> None:
+    _, good, *_ = scored
+    with connect(database_url) as conn:
+        registry.set_alias(conn, good, "test: the good one")
+        conn.commit()
+    res = resources_for(database_url, tmp_path, PRODUCTS)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.materialize([forecast_scores], partition_key=KEY, resources=res, instance=instance)
+    check = result.get_asset_check_evaluations()[0]
+    assert check.passed and check.metadata["live_skill_6h"].value == pytest.approx(0.75)
