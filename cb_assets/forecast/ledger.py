@@ -47,6 +47,7 @@ class LedgerWriter:
         self._queue: deque[list[LedgerRow]] = deque()
         self._cond = threading.Condition()
         self._stop = False
+        self._stopping = threading.Event()  # backoff waits on this alone: new rows must not cut it short
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._conn: psycopg.Connection | None = None
 
@@ -68,6 +69,7 @@ class LedgerWriter:
         with self._cond:
             self._stop = True
             self._cond.notify()
+        self._stopping.set()
         self._thread.join(timeout_s)
         if self._conn is not None:
             self._conn.close()
@@ -99,10 +101,9 @@ class LedgerWriter:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-                with self._cond:
-                    if self._stop and delay >= self.retry_max_s:
-                        return
-                    self._cond.wait(delay)
+                if self._stop and delay >= self.retry_max_s:
+                    return
+                self._stopping.wait(delay)
                 delay = min(self.retry_max_s, delay * 2)
                 continue
             delay = 0.5
