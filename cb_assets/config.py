@@ -84,6 +84,11 @@ class Settings:
     # How often raw_ticks_sensor looks at the raw table (Dagster's minimum interval between evaluations).
     sensor_interval_s: int = 30
     forecast: ForecastSettings = field(default_factory=lambda: ForecastSettings())
+    # Retraining that heals itself (automation/planner.py): how far back hours are caught up after downtime,
+    # and the waits before a failed hour's chain is requested again (then it is skipped).
+    catchup_hours: int = 48
+    hour_retry_delays_s: tuple[int, ...] = (60, 240, 960)
+    alert_webhook_url: str = ""
     # librdkafka settings for a managed cluster (TLS, SASL...), from CB_KAFKA_OPT_<NAME> variables.
     kafka_options: tuple[tuple[str, str], ...] = ()
 
@@ -190,6 +195,27 @@ def _partitions_start(raw: str) -> str:
     return raw
 
 
+def _delays(raw: str) -> tuple[int, ...]:
+    if not raw.strip():
+        return (60, 240, 960)
+    try:
+        delays = tuple(int(x) for x in raw.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"CB_HOUR_RETRY_DELAYS_S={raw!r} must be comma-separated seconds, e.g. 60,240,960"
+        ) from None
+    if any(d < 0 for d in delays):
+        raise ConfigError(f"CB_HOUR_RETRY_DELAYS_S={raw!r} must not be negative")
+    return delays
+
+
+def _webhook(raw: str) -> str:
+    raw = raw.strip()
+    if raw and not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"CB_ALERT_WEBHOOK_URL must be an http(s) URL, got {redact_url(raw)!r}")
+    return raw
+
+
 def _kafka_options(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """CB_KAFKA_OPT_SECURITY_PROTOCOL=SASL_SSL -> ("security.protocol", "SASL_SSL"): any librdkafka setting a
     managed cluster needs, kept in the environment (secrets included) rather than in files."""
@@ -274,6 +300,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         windows_dir=Path(windows).expanduser().resolve() if windows else home / "training_windows",
         demo_lead_lag=lead_lag,
         sensor_interval_s=_int(env, "CB_SENSOR_INTERVAL_S", 30, 1, 3600),
+        catchup_hours=_int(env, "CB_CATCHUP_HOURS", 48, 1, 24 * 365),
+        hour_retry_delays_s=_delays(env.get("CB_HOUR_RETRY_DELAYS_S", "")),
+        alert_webhook_url=_webhook(env.get("CB_ALERT_WEBHOOK_URL", "")),
         forecast=ForecastSettings(
             port=_int(env, "CB_FORECAST_PORT", 8765, 1024, 65535),
             max_staleness_s=_int(env, "CB_FORECAST_MAX_STALENESS_S", 30, 1, 86_400),
@@ -305,6 +334,8 @@ def export_env(settings: Settings, env: dict[str, str] | None = None) -> dict[st
         "CB_WINDOWS_DIR": str(settings.windows_dir),
         "CB_HOUR_GRACE_S": str(settings.hour_grace_s),
         "CB_SENSOR_INTERVAL_S": str(settings.sensor_interval_s),
+        "CB_CATCHUP_HOURS": str(settings.catchup_hours),
+        "CB_HOUR_RETRY_DELAYS_S": ",".join(map(str, settings.hour_retry_delays_s)),
     }
     for key, value in values.items():
         if not env.get(key):

@@ -13,6 +13,12 @@ import dagster as dg
 
 from cb_assets.defs.filled_series import filled_series
 from cb_assets.defs.forecast_scores import forecast_ledger, forecast_scores
+from cb_assets.defs.freshness import (
+    FRESHNESS_CHECKS,
+    freshness_checks_job,
+    freshness_checks_schedule,
+    run_failure_alerts,
+)
 from cb_assets.defs.indicators import indicators
 from cb_assets.defs.jobs import fine_tune_job, forecast_scores_job, hourly_assets_job
 from cb_assets.defs.price_model import price_model
@@ -32,9 +38,10 @@ defs = dg.Definitions(
         forecast_ledger,
         forecast_scores,
     ],
-    jobs=[hourly_assets_job, fine_tune_job, forecast_scores_job],
-    schedules=[hourly_assets_schedule],
-    sensors=[raw_ticks_sensor],
+    asset_checks=FRESHNESS_CHECKS,
+    jobs=[hourly_assets_job, fine_tune_job, forecast_scores_job, freshness_checks_job],
+    schedules=[hourly_assets_schedule, freshness_checks_schedule],
+    sensors=[raw_ticks_sensor, run_failure_alerts],
     resources=default_resources(),
     # One process per run rather than per step: each step process re-imported the code location (15-25 s
     # on two busy cores) for a few seconds of work. Pools still bound the PostgreSQL and training steps.

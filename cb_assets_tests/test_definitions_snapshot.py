@@ -34,16 +34,17 @@ CHECKS = {
         "product_time_unique",
         "no_late_live_ticks",
         "all_products_present",
+        "raw_ticks_fresh",
     },
     "filled_series": {"complete_grid"},
     "indicators": {"warm_rows_complete"},
-    "training_windows": {"windows_well_formed"},
-    "price_model": {"finite_forecasts", "skill_not_below_persistence"},
+    "training_windows": {"windows_well_formed", "no_skipped_hours"},
+    "price_model": {"finite_forecasts", "skill_not_below_persistence", "champion_fresh"},
     "forecast_scores": {"champion_live_skill"},
 }
-JOBS = {"hourly_assets_job", "fine_tune_job", "forecast_scores_job"}
-SENSORS = {"raw_ticks_sensor"}
-SCHEDULES = {"hourly_assets_schedule": "5 * * * *"}
+JOBS = {"hourly_assets_job", "fine_tune_job", "forecast_scores_job", "freshness_checks_job"}
+SENSORS = {"raw_ticks_sensor", "run_failure_alerts"}
+SCHEDULES = {"hourly_assets_schedule": "5 * * * *", "freshness_checks_job_schedule": "*/5 * * * *"}
 RESOURCES = {"postgres", "market", "artifacts", "windows", "windows_io_manager"}
 
 

@@ -5,6 +5,7 @@ raw_ticks -> filled_series -> indicators -> training_windows)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -139,7 +140,9 @@ def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:
     assert tunes[0].run_config["ops"]["price_model"]["config"]["hours"] == [H[1], H[2]]
     assert tunes[0].run_key == f"finetune:{H[1]}..{H[2]}"
     cursor = SensorCursor.parse(result.cursor)
-    assert cursor.requested_through == H[2] and cursor.fine_tuned_through == H[2]
+    # The fine-tune cursor moves only once that run has succeeded.
+    assert cursor.requested_through == H[2] and cursor.fine_tuned_through is None
+    assert cursor.fine_tune_inflight == tunes[0].run_key
 
     # Nothing new: a skip with the reason, never the same request twice.
     again = raw_ticks_sensor(
@@ -147,8 +150,16 @@ def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:
     )
     assert not again.run_requests and "nothing new" in again.skip_reason.skip_message
 
-    # A new tick past 04:02 completes hour 03:00: the chain for H3, and (its windows being materialised) a
-    # fine-tune on H3.
+    # The fine-tune run succeeds; a new tick past 04:02 completes hour 03:00: the chain for H3, and (its
+    # windows being materialised) a fine-tune on H3.
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="fine_tune_job",
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.SUCCESS,
+            tags={"dagster/run_key": tunes[0].run_key},
+        )
+    )
     with connect(url) as conn:
         conn.execute(
             "INSERT INTO raw_ticks SELECT product_id, time + interval '5 minutes', price, volume_24_h, low_24_h, "
@@ -161,6 +172,7 @@ def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:
     jobs = {r.job_name: r for r in third.run_requests}
     assert jobs["hourly_assets_job"].partition_key == H[3]
     assert jobs["fine_tune_job"].run_config["ops"]["price_model"]["config"]["hours"] == [H[3]]
+    assert SensorCursor.parse(third.cursor).fine_tuned_through == H[2]
 
 
 def test_empty_table_skips_with_reason(make_database, instance) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import pandas as pd
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 LEDGER_COLUMNS = (
@@ -159,12 +160,12 @@ def ledger_rows(
     conn: psycopg.Connection, start: datetime, end: datetime, *, scored_only: bool = True
 ) -> pd.DataFrame:
     """Ledger rows anchored in [start, end)."""
-    query = (
+    rows = conn.execute(
         "SELECT version_id, product_id, anchor, horizon_s, forecast_return, last_price, outcome_return, "
-        "outcome_reason FROM forecasts WHERE anchor >= %s AND anchor < %s"
-        + (" AND scored_at IS NOT NULL" if scored_only else "")
-    )
-    rows = conn.execute(query, (start, end)).fetchall()
+        "outcome_reason FROM forecasts WHERE anchor >= %s AND anchor < %s "
+        "AND (scored_at IS NOT NULL OR NOT %s)",
+        (start, end, scored_only),
+    ).fetchall()
     cols = ["version_id", "product_id", "anchor", "horizon_s", "forecast_return", "last_price", "outcome_return",
             "outcome_reason"]  # fmt: skip
     frame = pd.DataFrame(rows, columns=cols)
@@ -190,18 +191,19 @@ def replace_scores(conn: psycopg.Connection, hour: datetime, frame: pd.DataFrame
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("DELETE FROM forecast_scores WHERE hour = %s", (hour,))
         cur.executemany(
-            "INSERT INTO forecast_scores (" + ", ".join(SCORE_COLUMNS) + ") VALUES ("
-            + ", ".join(["%s"] * len(SCORE_COLUMNS)) + ")",
+            sql.SQL("INSERT INTO forecast_scores ({}) VALUES ({})").format(
+                sql.SQL(", ").join(map(sql.Identifier, SCORE_COLUMNS)),
+                sql.SQL(", ").join([sql.Placeholder()] * len(SCORE_COLUMNS)),
+            ),
             [tuple(None if pd.isna(v) else v for v in row) for row in frame[list(SCORE_COLUMNS)].itertuples(index=False)],
         )  # fmt: skip
 
 
 def scores_between(conn: psycopg.Connection, start: datetime, end: datetime) -> pd.DataFrame:
-    rows = conn.execute(
-        "SELECT " + ", ".join(SCORE_COLUMNS) + " FROM forecast_scores WHERE hour >= %s AND hour < %s "
-        "ORDER BY hour, version_id, product_id, horizon_s",
-        (start, end),
-    ).fetchall()
+    query = sql.SQL(
+        "SELECT {} FROM forecast_scores WHERE hour >= %s AND hour < %s ORDER BY hour, version_id, product_id, horizon_s"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, SCORE_COLUMNS)))
+    rows = conn.execute(query, (start, end)).fetchall()
     return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
 

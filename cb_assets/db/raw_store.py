@@ -78,3 +78,10 @@ def feed_gap_counts(conn: psycopg.Connection, start: datetime, end: datetime) ->
         (start, end),
     ).fetchone()
     return int(n), int(missed)
+
+
+def newest_tick_detail(conn: psycopg.Connection) -> tuple[datetime, str, datetime] | None:
+    """(time, source, received_at) of the newest tick (by time), or None when the table is empty."""
+    return conn.execute(
+        "SELECT time, source, received_at FROM raw_ticks ORDER BY time DESC LIMIT 1"
+    ).fetchone()

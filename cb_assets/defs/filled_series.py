@@ -10,11 +10,13 @@ import pandas as pd
 
 from cb_assets.db.raw_store import read_raw_ticks
 from cb_assets.db.series_store import write_filled_hour
+from cb_assets.defs.code_versions import CODE_VERSIONS
 from cb_assets.defs.hour_outcomes import HourOutcomes
 from cb_assets.defs.partitions import hourly_partitions, hours_in, previous_and_current_hour
 from cb_assets.defs.plots import as_markdown, observed_vs_filled
 from cb_assets.defs.raw_ticks import RAW_TICKS
 from cb_assets.defs.resources import MarketResource, PostgresResource
+from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import FilledSeriesModel, column_schema, describe_failures, validate
 from cb_assets.series.clock import HOUR, partition_key
 from cb_assets.series.hourly import fill_hour, filled_long, split_invalid_ticks, ticks_by_product
@@ -36,6 +38,8 @@ FILLED_SERIES = dg.AssetKey("filled_series")
     ],
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
+    retry_policy=RETRY_POLICY,
+    code_version=CODE_VERSIONS["filled_series"],
     group_name="market",
     kinds={"postgres", "numba"},
     metadata={
@@ -43,6 +47,7 @@ FILLED_SERIES = dg.AssetKey("filled_series")
         "dagster/table_name": "filled_series",
     },
 )
+@deterministic_failures
 def filled_series(
     context: dg.AssetExecutionContext, postgres: PostgresResource, market: MarketResource
 ) -> dg.MaterializeResult:

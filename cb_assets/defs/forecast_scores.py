@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 from cb_assets.db.forecast_store import ledger_rows, replace_scores, scores_between, skips_between
+from cb_assets.defs.code_versions import CODE_VERSIONS
 from cb_assets.defs.partitions import hourly_partitions, hours_in
 from cb_assets.defs.plots import as_markdown, skill_lines
 from cb_assets.defs.raw_ticks import RAW_TICKS
 from cb_assets.defs.resources import PostgresResource
+from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import ForecastScoresModel, column_schema, describe_failures, validate
 from cb_assets.forecast.scoring import loss_differential_t, pooled_skill, score_rows
 from cb_assets.model import registry
@@ -120,6 +122,8 @@ def _metadata(
     ],
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
+    retry_policy=RETRY_POLICY,
+    code_version=CODE_VERSIONS["forecast_scores"],
     group_name="market",
     kinds={"postgres", "pandas"},
     metadata={
@@ -127,6 +131,7 @@ def _metadata(
         "dagster/table_name": "forecast_scores",
     },
 )
+@deterministic_failures
 def forecast_scores(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     """Live skill against persistence, hit rate, IC and MAE of the ledger's forecasts anchored in the hour, per
     model version, product and horizon (only forecasts whose outcome is known count)."""

@@ -42,4 +42,6 @@ class HourOutcomes:
                 "failed_hours": dg.MetadataValue.json(sorted(self.failed)),
                 "materialised_hours": len(self.done),
             },
+            # The bad hours would fail the same way again: only the retraining sensor's delayed retries help.
+            allow_retries=False,
         )

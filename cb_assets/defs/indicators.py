@@ -6,11 +6,13 @@ import dagster as dg
 import pandas as pd
 
 from cb_assets.db.series_store import read_frame, write_indicators_hour
+from cb_assets.defs.code_versions import CODE_VERSIONS
 from cb_assets.defs.filled_series import FILLED_SERIES
 from cb_assets.defs.hour_outcomes import HourOutcomes
 from cb_assets.defs.partitions import hourly_partitions, hours_in, previous_and_current_hour
 from cb_assets.defs.plots import as_markdown, indicator_snapshot
 from cb_assets.defs.resources import MarketResource, PostgresResource
+from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import IndicatorsModel, column_schema, describe_failures, validate
 from cb_assets.defs.upstream import upstream_problems
 from cb_assets.series.clock import HOUR, partition_key
@@ -33,10 +35,13 @@ INDICATORS = dg.AssetKey("indicators")
     ],
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
+    retry_policy=RETRY_POLICY,
+    code_version=CODE_VERSIONS["indicators"],
     group_name="market",
     kinds={"postgres", "pandas"},
     metadata={"dagster/column_schema": column_schema(IndicatorsModel), "dagster/table_name": "indicators"},
 )
+@deterministic_failures
 def indicators(
     context: dg.AssetExecutionContext, postgres: PostgresResource, market: MarketResource
 ) -> dg.MaterializeResult:

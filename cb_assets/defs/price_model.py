@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from cb_assets.defs.code_versions import CODE_VERSIONS
 from cb_assets.defs.plots import as_markdown
 from cb_assets.defs.resources import ArtifactStore, PostgresResource, WindowStoreResource
+from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import ModelMetricsModel, column_schema, describe_failures, validate
 from cb_assets.defs.training_windows import TRAINING_WINDOWS
 from cb_assets.model import registry
@@ -116,10 +118,13 @@ def _resolve_hours(config: PriceModelConfig, available: list[str], done: set[str
         ),
     ],
     pool="training",
+    retry_policy=RETRY_POLICY,
+    code_version=CODE_VERSIONS["price_model"],
     group_name="market",
     kinds={"tensorflow", "keras"},
     metadata={"dagster/column_schema": column_schema(ModelMetricsModel)},
 )
+@deterministic_failures
 def price_model(
     context: dg.AssetExecutionContext,
     config: PriceModelConfig,

@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 
 from cb_assets.db.raw_store import feed_gap_counts, read_raw_ticks, rejection_counts
+from cb_assets.defs.code_versions import CODE_VERSIONS
 from cb_assets.defs.hour_outcomes import HourOutcomes
 from cb_assets.defs.partitions import hourly_partitions, hours_in
 from cb_assets.defs.plots import as_markdown, bars
 from cb_assets.defs.resources import MarketResource, PostgresResource
+from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import RawTicksModel, column_schema, describe_failures, validate
 from cb_assets.series.clock import HOUR, completes_at, partition_key
 from cb_assets.series.hourly import rule_failures_of_hour
@@ -156,10 +158,13 @@ def _profile(frame, start, end, per_product, rejected, gaps_missed, n_hours) -> 
     check_specs=RAW_CHECK_SPECS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
+    retry_policy=RETRY_POLICY,
+    code_version=CODE_VERSIONS["raw_ticks"],
     group_name="market",
     kinds={"postgres", "kafka"},
     metadata={"dagster/column_schema": column_schema(RawTicksModel), "dagster/table_name": "raw_ticks"},
 )
+@deterministic_failures
 def raw_ticks(
     context: dg.AssetExecutionContext, postgres: PostgresResource, market: MarketResource
 ) -> dg.MaterializeResult:

@@ -1,23 +1,29 @@
-"""`raw_ticks_sensor`: turns newly completed hours of the Kafka-fed table into runs, then fine-tunes.
+"""`raw_ticks_sensor`: newly complete hours of the Kafka-fed table become runs, failed hours are retried and
+then skipped, fine-tunes follow the stored windows, and live forecasts are scored once their outcomes are in.
 
-Each evaluation runs ONE indexed query (min/max of `time`, max of `received_at`, all answered from the
-b-tree indexes) and keeps its state in the cursor:
-- `requested_through`: the newest hour whose data chain (raw_ticks -> training_windows) was requested. An hour
-  is complete when the data clock (the newest tick) has passed its end plus CB_HOUR_GRACE_S: replays and the
-  accelerated demo complete hours on their own clock, live data on the wall clock's.
-- `fine_tuned_through`: the newest hour handed to a fine-tune. A fine-tune is requested once an hour's
-  training_windows are stored with enough valid windows; several ready hours go into one run.
-Run keys make a repeated request harmless, and the registry refuses a second fine-tune of the same hour.
-No TensorFlow here: sensors are evaluated in the code server and time out after 60 s.
+Each evaluation gathers what it needs cheaply: the data clock (one indexed query), the hours still open in
+`hour_runs`, the Dagster runs of their run keys (by the `dagster/run_key` tag), the stored windows' meta.json,
+and hands it to `automation.planner`, which decides (see there for the rules). Its state lives in the cursor
+(high-water marks and the fine-tune in flight) and in `hour_runs`. No TensorFlow here: sensors are evaluated
+in the code server and time out after 60 s.
 """
 
 import json
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from cb_assets.automation.planner import (
+    SKIPPED,
+    ChainRequest,
+    FineTuneCursor,
+    RunOutcome,
+    plan_chain,
+    plan_fine_tune,
+)
 from cb_assets.config import load_settings
+from cb_assets.db import hour_runs_store
 from cb_assets.db.raw_store import raw_clock
 from cb_assets.defs.jobs import fine_tune_job, forecast_scores_job, hourly_assets_job
 from cb_assets.defs.partitions import hourly_partitions
@@ -28,30 +34,74 @@ from cb_assets.series.schema import HORIZONS_S
 
 # A fine-tune needs held-out windows in the newest hour; hours with fewer valid windows are passed over.
 MIN_VALID_WINDOWS = 3 * MIN_HOLDOUT_WINDOWS
+_SETTINGS = load_settings()
+_STATUS = {
+    dg.DagsterRunStatus.SUCCESS: "success",
+    dg.DagsterRunStatus.FAILURE: "failure",
+    dg.DagsterRunStatus.CANCELED: "canceled",
+    dg.DagsterRunStatus.STARTED: "running",
+    dg.DagsterRunStatus.CANCELING: "running",
+}
 
 
 @dataclass
 class SensorCursor:
     requested_through: str | None = None
     fine_tuned_through: str | None = None
+    fine_tune_inflight: str | None = None
+    fine_tune_inflight_hours: list[str] = field(default_factory=list)
+    fine_tune_carry: list[str] = field(default_factory=list)
+    scored_through: str | None = None
     newest_tick: str | None = None
     newest_received_at: str | None = None
-    scored_through: str | None = None
 
     @classmethod
     def parse(cls, raw: str | None) -> "SensorCursor":
-        return cls(**json.loads(raw)) if raw else cls()
+        if not raw:
+            return cls()
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in json.loads(raw).items() if k in known})
 
     def dump(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def fine_tune(self) -> FineTuneCursor:
+        return FineTuneCursor(
+            through=hour_start(self.fine_tuned_through) if self.fine_tuned_through else None,
+            inflight_key=self.fine_tune_inflight,
+            inflight_hours=tuple(self.fine_tune_inflight_hours),
+            carry=tuple(self.fine_tune_carry),
+        )
 
-def _range_request(job_name: str, first: datetime, last: datetime, prefix: str) -> dg.RunRequest:
+    def set_fine_tune(self, c: FineTuneCursor) -> None:
+        self.fine_tuned_through = partition_key(c.through) if c.through else None
+        self.fine_tune_inflight = c.inflight_key
+        self.fine_tune_inflight_hours = list(c.inflight_hours)
+        self.fine_tune_carry = list(c.carry)
+
+
+def run_outcome(instance: dg.DagsterInstance, run_key: str) -> RunOutcome | None:
+    """The newest run of `run_key` (a run retried by Dagster has the same key), or None if there is none."""
+    records = instance.get_run_records(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    if not records:
+        return None
+    run = records[0].dagster_run
+    status = _STATUS.get(run.status, "queued")
+    error = None
+    if status == "failure":
+        failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        if failures and failures[-1].dagster_event is not None:
+            data = failures[-1].dagster_event.step_failure_data
+            error = data.error.message.strip()[:500] if data and data.error else None
+    return RunOutcome(status, run.tags.get("dagster/will_retry") == "true", error)
+
+
+def _range_request(job_name: str, first: datetime, last: datetime, run_key: str) -> dg.RunRequest:
     first_key, last_key = partition_key(first), partition_key(last)
     if first_key == last_key:
-        return dg.RunRequest(run_key=f"{prefix}:{first_key}", job_name=job_name, partition_key=first_key)
+        return dg.RunRequest(run_key=run_key, job_name=job_name, partition_key=first_key)
     return dg.RunRequest(
-        run_key=f"{prefix}:{first_key}..{last_key}",
+        run_key=run_key,
         job_name=job_name,
         tags={
             "dagster/asset_partition_range_start": first_key,
@@ -70,16 +120,22 @@ def _scores_request(
     if start > scoreable:
         return None
     cursor.scored_through = partition_key(scoreable)
-    return _range_request(forecast_scores_job.name, start, scoreable, "scores")
+    key = f"scores:{partition_key(start)}..{partition_key(scoreable)}"
+    return _range_request(forecast_scores_job.name, start, scoreable, key)
+
+
+def _chain_requests(chain: list[ChainRequest]) -> list[dg.RunRequest]:
+    return [_range_request(hourly_assets_job.name, r.first, r.last, r.run_key) for r in chain]
 
 
 @dg.sensor(
     name="raw_ticks_sensor",
     jobs=[hourly_assets_job, fine_tune_job, forecast_scores_job],
-    minimum_interval_seconds=load_settings().sensor_interval_s,
+    minimum_interval_seconds=_SETTINGS.sensor_interval_s,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Requests the hourly chain for every newly completed hour of raw_ticks, then a fine-tune of "
-    "price_model on it (cursor = high-water marks; one indexed query per evaluation).",
+    description="Requests the hourly chain for every newly completed hour of raw_ticks (failed hours again after "
+    "1, 4 and 16 minutes, then skipped), a fine-tune of price_model on the hours whose windows are stored, and "
+    "forecast_scores once an hour's outcomes are known.",
 )
 def raw_ticks_sensor(
     context: dg.SensorEvaluationContext,
@@ -88,54 +144,78 @@ def raw_ticks_sensor(
     windows: WindowStoreResource,
 ) -> dg.SensorResult | dg.SkipReason:
     cursor = SensorCursor.parse(context.cursor)
+    now = datetime.now(UTC)
     with postgres.connection() as conn:
         clock = raw_clock(conn)
-    first, newest, received = clock.first_tick, clock.newest_tick, clock.newest_received
-    if newest is None:
-        return dg.SkipReason("raw_ticks is empty: no feed has delivered ticks yet")
-    cursor.newest_tick, cursor.newest_received_at = newest.isoformat(), received.isoformat()
-    requests: list[dg.RunRequest] = []
+        if clock.newest_tick is None:
+            return dg.SkipReason("raw_ticks is empty: no feed has delivered ticks yet")
+        open_hours = hour_runs_store.open_hours(conn)
+        earliest = max(floor_hour(clock.first_tick), floor_hour(hourly_partitions.start))
+        store = windows.store
+        chain = plan_chain(
+            now=now,
+            complete_through=newest_complete_hour(clock.newest_tick, market.hour_grace_s),
+            requested_through=hour_start(cursor.requested_through) if cursor.requested_through else None,
+            earliest=earliest,
+            open_hours=open_hours,
+            outcomes={
+                h.run_key: o
+                for h in open_hours.values()
+                if h.run_key and h.state == "requested" and (o := run_outcome(context.instance, h.run_key))
+            },
+            has_windows=lambda h: store.exists(partition_key(h)),
+            catchup_hours=_SETTINGS.catchup_hours,
+            retry_delays_s=_SETTINGS.hour_retry_delays_s,
+        )
+        hour_runs_store.save(conn, chain.changed)
+        states = {**{h: r.state for h, r in open_hours.items()}, **{r.hour: r.state for r in chain.changed}}
+    cursor.newest_tick, cursor.newest_received_at = (
+        clock.newest_tick.isoformat(),
+        clock.newest_received.isoformat(),
+    )
+    if chain.requested_through is not None:
+        cursor.requested_through = partition_key(chain.requested_through)
+    for hr in chain.skipped_now:
+        context.log.warning(
+            "hour %s skipped after %d attempts: %s", partition_key(hr.hour), hr.attempts, hr.last_error
+        )
+    requests = _chain_requests(chain.requests)
 
-    complete = newest_complete_hour(newest, market.hour_grace_s)
-    earliest = max(floor_hour(first), floor_hour(hourly_partitions.start))
-    start = hour_start(cursor.requested_through) + HOUR if cursor.requested_through else earliest
-    if start <= complete:
-        requests.append(_range_request(hourly_assets_job.name, start, complete, "hours"))
-        cursor.requested_through = partition_key(complete)
-
-    ready: list[str] = []
-    passed_over: list[str] = []
-    if cursor.requested_through:
-        h = hour_start(cursor.fine_tuned_through) + HOUR if cursor.fine_tuned_through else earliest
-        while h <= hour_start(cursor.requested_through):
-            key = partition_key(h)
-            # The stored partition's meta.json says how many windows are valid (a single-run backfill's
-            # materialisation metadata only has totals over its whole range).
-            valid = windows.store.valid_count(key)
-            if valid is None:
-                break  # its windows are not there yet: wait, in order
-            (ready if valid >= MIN_VALID_WINDOWS else passed_over).append(key)
-            cursor.fine_tuned_through = key
-            h += HOUR
-    if passed_over:
-        context.log.info("not fine-tuning on %s: too few valid windows (warm-up or gaps)", passed_over)
-    if ready:
+    ft = cursor.fine_tune()
+    tune = plan_fine_tune(
+        ft,
+        requested_through=chain.requested_through,
+        earliest=earliest,
+        outcome=run_outcome(context.instance, ft.inflight_key) if ft.inflight_key else None,
+        hour_state=states.get,
+        valid_windows=lambda h: store.valid_count(partition_key(h)),
+        min_valid_windows=MIN_VALID_WINDOWS,
+    )
+    cursor.set_fine_tune(tune.cursor)
+    if tune.passed_over:
+        context.log.info("not fine-tuning on %s: skipped, or too few valid windows", tune.passed_over)
+    if tune.request_key:
         requests.append(
             dg.RunRequest(
-                run_key=f"finetune:{ready[0]}..{ready[-1]}",
+                run_key=tune.request_key,
                 job_name=fine_tune_job.name,
-                run_config={"ops": {"price_model": {"config": {"mode": "auto", "hours": ready}}}},
-                tags={"cb/hours": ",".join(ready)},
+                run_config={
+                    "ops": {"price_model": {"config": {"mode": "auto", "hours": list(tune.request_hours)}}}
+                },
+                tags={"cb/hours": ",".join(tune.request_hours)},
             )
         )
-    scores = _scores_request(cursor, newest, earliest, market.hour_grace_s)
+    scores = _scores_request(cursor, clock.newest_tick, earliest, market.hour_grace_s)
     if scores is not None:
         requests.append(scores)
     if not requests:
+        skipped = sum(1 for s in states.values() if s == SKIPPED)
         return dg.SensorResult(
             skip_reason=dg.SkipReason(
-                f"nothing new: newest tick {newest:%Y-%m-%d %H:%M:%S}, complete through "
+                f"nothing new: newest tick {clock.newest_tick:%Y-%m-%d %H:%M:%S}, requested through "
                 f"{cursor.requested_through}, fine-tuned through {cursor.fine_tuned_through}"
+                + (f", fine-tune {cursor.fine_tune_inflight} in flight" if cursor.fine_tune_inflight else "")
+                + (f", {skipped} hours skipped" if skipped else "")
             ),
             cursor=cursor.dump(),
         )

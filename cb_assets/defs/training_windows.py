@@ -8,18 +8,21 @@ hour as sums, so a trainer merges exactly the hours it trains on.
 """
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from cb_assets.db.series_store import read_frame
+from cb_assets.defs.code_versions import CODE_VERSIONS
 from cb_assets.defs.filled_series import FILLED_SERIES
 from cb_assets.defs.hour_outcomes import HourOutcomes
 from cb_assets.defs.indicators import INDICATORS
 from cb_assets.defs.partitions import hourly_partitions, hours_in, previous_and_current_hour
 from cb_assets.defs.plots import as_markdown, bars
 from cb_assets.defs.resources import MarketResource, PostgresResource, WindowStoreResource
+from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import TrainingWindowsModel, column_schema, describe_failures, validate
 from cb_assets.defs.upstream import upstream_problems
 from cb_assets.series.clock import HOUR, partition_key
@@ -66,10 +69,18 @@ def window_index_frame(ws: WindowSet) -> pd.DataFrame:
     io_manager_key="windows_io_manager",
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="postgres",
+    retry_policy=RETRY_POLICY,
+    code_version=CODE_VERSIONS["training_windows"],
+    # An hour's windows are due within 20 minutes of its end: with hourly partitions, no materialisation for
+    # 80 minutes means an hour is late (the status shows in the UI's asset health).
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=80), warn_window=timedelta(minutes=70)
+    ),
     group_name="market",
     kinds={"numpy"},
     metadata={"dagster/column_schema": column_schema(TrainingWindowsModel)},
 )
+@deterministic_failures
 def training_windows(
     context: dg.AssetExecutionContext,
     postgres: PostgresResource,

@@ -2,8 +2,10 @@
 
 Computing with a missing upstream hour would silently give a different (colder) result than computing in
 order; refusing keeps every hour a function of its inputs alone (backfills order upstream hours first by
-themselves). A look-back hour whose raw ticks break the tick rules can never exist until they are fixed, so
-it is treated as a gap (and noted) rather than blocking every later hour.
+themselves). Two kinds of look-back hour are gaps instead (noted, never blocking): one whose raw ticks break
+the tick rules, which cannot exist until they are fixed, and one the retraining sensor gave up on after its
+retries (skipped in `hour_runs`): the hour after it then starts cold, and is recomputed if the skipped hour
+is materialised later.
 """
 
 from __future__ import annotations
@@ -13,24 +15,29 @@ from typing import Literal
 
 import psycopg
 
+from cb_assets.automation.planner import SKIPPED
+from cb_assets.db import hour_runs_store
 from cb_assets.db.raw_store import has_ticks, read_raw_ticks
 from cb_assets.db.series_store import has_rows
 from cb_assets.series.clock import HOUR, partition_key
 from cb_assets.series.hourly import rule_failures_of_hour
 
-HourState = Literal["present", "no_data", "invalid_raw", "missing"]
+HourState = Literal["present", "no_data", "invalid_raw", "skipped", "missing"]
 
 
 def upstream_hour_state(conn: psycopg.Connection, table: str, hour: datetime) -> HourState:
     """'present', 'no_data' (no raw ticks either), 'invalid_raw' (raw ticks break a tick rule, so the
-    upstream hour cannot exist until they are fixed) or 'missing' (the hour is just not computed)."""
+    upstream hour cannot exist until they are fixed), 'skipped' (given up on after its retries) or 'missing'
+    (the hour is just not computed)."""
     end = hour + HOUR
     if has_rows(conn, table, hour, end):
         return "present"
     if not has_ticks(conn, hour, end):
         return "no_data"
     broken = rule_failures_of_hour(read_raw_ticks(conn, hour, end), hour, end)
-    return "invalid_raw" if any(not rows.empty for rows in broken.values()) else "missing"
+    if any(not rows.empty for rows in broken.values()):
+        return "invalid_raw"
+    return "skipped" if hour_runs_store.state_of(conn, [hour]).get(hour) == SKIPPED else "missing"
 
 
 def upstream_problems(
@@ -42,7 +49,7 @@ def upstream_problems(
     notes: list[str] = []
     for h in hours:
         key, prev = partition_key(h), partition_key(h - HOUR)
-        if states[h] == "missing":
+        if states[h] in ("missing", "skipped"):
             reasons[key] = (
                 f"{table} {key} has raw ticks but is not materialised: materialise {table} {key} first"
             )
@@ -58,4 +65,6 @@ def upstream_problems(
             )
         elif states[h - HOUR] == "invalid_raw":
             notes.append(f"{key}: look-back hour {prev} skipped, its raw ticks are invalid")
+        elif states[h - HOUR] == "skipped":
+            notes.append(f"{key}: look-back hour {prev} was skipped after its retries: {key} starts cold")
     return reasons, notes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from cb_assets.config import Settings
+from cb_assets.db import hour_runs_store
 from cb_assets.db.connection import connect
 from cb_assets.db.forecast_store import live_skill_by_version, read_status
 from cb_assets.db.status_store import dagster_run_counts, platform_counts
@@ -42,6 +43,7 @@ def status_line(settings: Settings) -> str:
     with connect(settings.database_url, autocommit=True, timeout_s=3) as conn:
         c = platform_counts(conn)
         forecaster = _forecaster(conn, c.champion_id)
+        skipped = hour_runs_store.skipped(conn)
     if c.newest_tick is not None:
         complete = newest_complete_hour(c.newest_tick, settings.hour_grace_s)
         clock = f"newest tick {c.newest_tick:%Y-%m-%d %H:%M:%S}, complete hours through {complete:%H:00}"
@@ -54,5 +56,11 @@ def status_line(settings: Settings) -> str:
     )
     return (
         f"ticks {c.ticks} (+{c.ticks_last_minute}/min), rejected {c.rejected}, {clock}; "
-        f"hours filled {c.hours_filled}; {_runs(settings)}; {model}; {forecaster}"
+        f"hours filled {c.hours_filled}"
+        + (
+            f" ({len(skipped)} skipped after retries, newest {skipped[-1].hour:%m-%d %H:00})"
+            if skipped
+            else ""
+        )
+        + f"; {_runs(settings)}; {model}; {forecaster}"
     )
