@@ -40,9 +40,9 @@ from bench_services import postgres_server
 from cb_assets.config import DEFAULT_PRODUCTS
 from cb_assets.db.connection import connect
 from cb_assets.db.migrate import migrate
-from cb_assets.defs.partitions import partition_key
 from cb_assets.defs.resources import resources_for
 from cb_assets.feed.seed import simulate_rows, write_rows
+from cb_assets.series.clock import partition_key
 from cb_assets.series.window_store import WindowStore
 
 ASSET_NAMES = ("raw_ticks", "filled_series", "indicators", "training_windows")

@@ -44,9 +44,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 DIGESTS: dict[str, str] = {
-    "raw_ticks": "ec5363cd94a30faa",
-    "filled_series": "d5aa1f5c7ee47c2a",
-    "indicators": "817cbae84b9764c7",
+    "raw_ticks": "46dcebe67867161c",
+    "filled_series": "3606c56852f0a179",
+    "indicators": "2fd37ee83187dc85",
     "training_windows": "efe38d8da5bbdb97",
     "price_model": "d9d7b135077ebfae",
     "forecast_scores": "2aeebad87f9db29d",

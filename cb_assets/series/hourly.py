@@ -32,6 +32,7 @@ FILTERED_COLUMNS: tuple[str, ...] = tuple(f"{c}_filtered" for c in SERIES_COLUMN
 # What the indicators of an hour read from the filled series.
 INDICATOR_INPUTS: tuple[str, ...] = ("causal", "price", *FILTERED_COLUMNS)
 UTC_NS = pd.DatetimeTZDtype(unit="ns", tz="UTC")
+_FILL_THREADS = 2
 
 
 def hour_ns(hour: datetime | pd.Timestamp | int) -> int:

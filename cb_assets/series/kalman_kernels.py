@@ -22,7 +22,7 @@ from numba import njit
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def filter_column(
     y: np.ndarray, q: float, r: float, x0: float, p0: float, fm: np.ndarray, fv: np.ndarray
 ) -> float:
@@ -50,7 +50,7 @@ def filter_column(
     return ll
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def smooth_column(fm: np.ndarray, fv: np.ndarray, q: float, sm: np.ndarray, sv: np.ndarray) -> float:
     """Rauch-Tung-Striebel backward pass; fills smoothed mean/var, returns the EM statistic for q.
 
@@ -80,7 +80,7 @@ def smooth_column(fm: np.ndarray, fv: np.ndarray, q: float, sm: np.ndarray, sv: 
     return stat
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_columns(
     y: np.ndarray,
     q: np.ndarray,
@@ -118,7 +118,7 @@ def run_columns(
                 var[t, k] = fv[t]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def em_columns(
     y: np.ndarray,
     q: np.ndarray,
