@@ -89,6 +89,7 @@ class Settings:
     catchup_hours: int = 48
     hour_retry_delays_s: tuple[int, ...] = (60, 240, 960)
     alert_webhook_url: str = ""
+    retention_days: int = 30  # filled_series, indicators and training windows; raw_ticks is kept
     # librdkafka settings for a managed cluster (TLS, SASL...), from CB_KAFKA_OPT_<NAME> variables.
     kafka_options: tuple[tuple[str, str], ...] = ()
 
@@ -303,6 +304,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         catchup_hours=_int(env, "CB_CATCHUP_HOURS", 48, 1, 24 * 365),
         hour_retry_delays_s=_delays(env.get("CB_HOUR_RETRY_DELAYS_S", "")),
         alert_webhook_url=_webhook(env.get("CB_ALERT_WEBHOOK_URL", "")),
+        retention_days=_int(env, "CB_RETENTION_DAYS", 30, 1, 36_500),
         forecast=ForecastSettings(
             port=_int(env, "CB_FORECAST_PORT", 8765, 1024, 65535),
             max_staleness_s=_int(env, "CB_FORECAST_MAX_STALENESS_S", 30, 1, 86_400),

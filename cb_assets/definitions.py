@@ -24,6 +24,7 @@ from cb_assets.defs.jobs import fine_tune_job, forecast_scores_job, hourly_asset
 from cb_assets.defs.price_model import price_model
 from cb_assets.defs.raw_ticks import raw_ticks
 from cb_assets.defs.resources import default_resources
+from cb_assets.defs.retention import retention_job, retention_schedule
 from cb_assets.defs.schedules import hourly_assets_schedule
 from cb_assets.defs.sensors import raw_ticks_sensor
 from cb_assets.defs.training_windows import training_windows
@@ -39,8 +40,8 @@ defs = dg.Definitions(
         forecast_scores,
     ],
     asset_checks=FRESHNESS_CHECKS,
-    jobs=[hourly_assets_job, fine_tune_job, forecast_scores_job, freshness_checks_job],
-    schedules=[hourly_assets_schedule, freshness_checks_schedule],
+    jobs=[hourly_assets_job, fine_tune_job, forecast_scores_job, freshness_checks_job, retention_job],
+    schedules=[hourly_assets_schedule, freshness_checks_schedule, retention_schedule],
     sensors=[raw_ticks_sensor, run_failure_alerts],
     resources=default_resources(),
     # One process per run rather than per step: each step process re-imported the code location (15-25 s

@@ -42,9 +42,13 @@ CHECKS = {
     "price_model": {"finite_forecasts", "skill_not_below_persistence", "champion_fresh"},
     "forecast_scores": {"champion_live_skill"},
 }
-JOBS = {"hourly_assets_job", "fine_tune_job", "forecast_scores_job", "freshness_checks_job"}
+JOBS = {"hourly_assets_job", "fine_tune_job", "forecast_scores_job", "freshness_checks_job", "retention_job"}
 SENSORS = {"raw_ticks_sensor", "run_failure_alerts"}
-SCHEDULES = {"hourly_assets_schedule": "5 * * * *", "freshness_checks_job_schedule": "*/5 * * * *"}
+SCHEDULES = {
+    "hourly_assets_schedule": "5 * * * *",
+    "freshness_checks_job_schedule": "*/5 * * * *",
+    "retention_job_schedule": "17 3 * * *",
+}
 RESOURCES = {"postgres", "market", "artifacts", "windows", "windows_io_manager"}
 
 

@@ -260,3 +260,23 @@ def newest_anchor_warm_for_all(conn: psycopg.Connection, n_products: int) -> dat
         (n_products,),
     ).fetchone()
     return row[0] if row else None
+
+
+def delete_before(conn: psycopg.Connection, table: str, cutoff: datetime) -> int:
+    """Delete the rows of a time-keyed table older than `cutoff`, an hour per transaction (short locks, and a
+    stop half-way leaves whole hours)."""
+    deleted = 0
+    oldest = conn.execute(sql.SQL("SELECT min(time) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+    if oldest is None:
+        return 0
+    hour = oldest.replace(minute=0, second=0, microsecond=0)
+    while hour < cutoff:
+        end = min(hour + timedelta(hours=1), cutoff)
+        with conn.transaction():
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE time >= %s AND time < %s").format(sql.Identifier(table)),
+                (hour, end),
+            )
+            deleted += cur.rowcount
+        hour = end
+    return deleted

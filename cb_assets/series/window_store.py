@@ -59,3 +59,10 @@ class WindowStore:
             p.name for p in self.base.iterdir() if not p.name.startswith(".") and (p / "meta.json").exists()
         )
         return [f"{n[:-2]}:{n[-2:]}" for n in names]
+
+    def drop_before(self, key: str) -> list[str]:
+        """Delete the stored partitions older than `key` (partition keys sort by time); returns their keys."""
+        dropped = [k for k in self.keys() if k < key]
+        for k in dropped:
+            shutil.rmtree(self.path(k), ignore_errors=True)
+        return dropped
