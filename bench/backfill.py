@@ -131,12 +131,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="simulator seed")
     parser.add_argument("--one-run", action="store_true", help="one run of all four assets over the range")
     parser.add_argument("--profile", type=Path, help="write cProfile stats of the backfill runs here")
+    parser.add_argument("--products", type=int, default=12, help="products (beyond 12: simulated extras)")
     args = parser.parse_args()
     # As in pytest.ini_options: the single-run backfill policy is a beta parameter, said once per asset.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-    products = DEFAULT_PRODUCTS
+    products = tuple(DEFAULT_PRODUCTS) + tuple(f"X{i:02d}-USD" for i in range(max(0, args.products - 12)))
+    products = products[: args.products]
     warm, first_hour = FIRST_HOUR - HOUR, FIRST_HOUR
     last_hour = first_hour + (args.hours - 1) * HOUR
     first, last = partition_key(first_hour), partition_key(last_hour)
@@ -159,7 +161,7 @@ def main() -> None:
         )
 
         res = resources_for(url, Path(home), products)
-        with dg.instance_for_test() as instance:
+        with dg.instance_for_test(temp_dir=str(Path(home) / "dagster")) as instance:
             ok, wall, _ = run(ASSET_NAMES, res, instance, partition_key(warm), partition_key(warm))
             print(f"warm-up hour {partition_key(warm)}, all assets, one run: {wall:.1f} s (not counted)")
             if not ok:
@@ -210,6 +212,50 @@ def main() -> None:
         n_windows = sum(len(ws) for ws in sets)
         n_valid = sum(int(ws.valid.sum()) for ws in sets)
         print(f"windows stored: {n_windows:,} in {len(keys)} hour partitions, {n_valid:,} valid")
+        print(f"per product-hour: {total / (args.hours * len(products)) * 1000:.0f} ms of backfill")
+        disk(url, Path(home), args.hours + 1, len(products))
+
+
+def disk(url: str, home: Path, hours: int, n_products: int) -> None:
+    """Bytes per product-hour of every store (tables with their indexes), and the budget they imply."""
+    ph = hours * n_products
+    with connect(url) as conn:
+        sizes = {
+            t: conn.execute("SELECT pg_total_relation_size(%s)", (t,)).fetchone()[0]
+            for t in ("raw_ticks", "filled_series", "indicators", "kalman_params")
+        }
+    files = {
+        "training windows (.npy)": sum(
+            f.stat().st_size for f in (home / "windows").rglob("*") if f.is_file()
+        ),
+        "Dagster event log (sqlite here)": sum(
+            f.stat().st_size for f in (home / "dagster").rglob("*") if f.is_file()
+        ),
+    }
+    print("disk per product-hour:")
+    for name, size in {**sizes, **files}.items():
+        print(f"  {name:<32} {size / ph / 1024:8.1f} KiB")
+    model = _model_bytes(n_products)
+    print(f"  {'one model version (.keras)':<32} {model / 1024 / 1024:8.1f} MiB (per version, not per hour)")
+    derived = sum(sizes[t] for t in ("filled_series", "indicators")) + files["training windows (.npy)"]
+    raw = sizes["raw_ticks"]
+    for products in (12, 100):
+        day = 24 * products
+        print(
+            f"budget for {products} products: raw {raw / ph * day * 365 / 2**30:.1f} GiB/year (kept); derived "
+            f"{derived / ph * day * 30 / 2**30:.1f} GiB for 30 days of retention"
+        )
+
+
+def _model_bytes(n_products: int) -> int:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cb_assets.model.network import NetworkConfig, build_model, save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = NetworkConfig(n_features=n_products * 43, n_outputs=n_products * 4)
+        return save_model(build_model(cfg), Path(tmp) / "m.keras").stat().st_size
 
 
 if __name__ == "__main__":

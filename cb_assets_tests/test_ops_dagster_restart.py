@@ -40,6 +40,17 @@ def _wait_versions(url: str, n: int, timeout_s: float) -> list[tuple]:
     raise AssertionError(f"expected {n} model versions within {timeout_s:.0f} s, have {_versions(url)}")
 
 
+def _cursor_when(dev: DagsterDev, key: str, value: str, timeout_s: float = 120) -> dict:
+    """The sensor cursor once `key` has reached `value` (the fine-tune mark moves when its run succeeded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        cursor = _cursor(dev)
+        if cursor.get(key) == value:
+            return cursor
+        time.sleep(1)
+    return _cursor(dev)
+
+
 def _cursor(dev: DagsterDev) -> dict:
     data = dev.graphql(
         "query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) { ... on Sensor { sensorState { "
@@ -73,7 +84,7 @@ def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(make_databa
 
     with dagster_dev(env, tmp_path) as dev:
         versions = _wait_versions(url, 1, timeout_s=600)  # chain for 00:00-01:00, then the first training
-        before = _cursor(dev)
+        before = _cursor_when(dev, "fine_tuned_through", _key(START + timedelta(hours=1)))
     assert before["requested_through"] == _key(START + timedelta(hours=1))
     assert before["fine_tuned_through"] == _key(START + timedelta(hours=1))
     assert [(v[1], v[2]) for v in versions] == [("initial", [_key(START + timedelta(hours=1))])]
@@ -82,9 +93,9 @@ def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(make_databa
     write_rows(url, [r for r in rows if r[1] >= START + timedelta(hours=3)])
     with dagster_dev(env, tmp_path) as dev:  # same DAGSTER_HOME and PostgreSQL storage: a restart
         versions = _wait_versions(url, 2, timeout_s=600)
+        after = _cursor_when(dev, "fine_tuned_through", _key(START + timedelta(hours=2)))
         # Two more sensor evaluations: nothing else may be requested.
         dev.wait_sensor_evaluations("raw_ticks_sensor", 2, after=time.time())
-        after = _cursor(dev)
         with dev.instance() as instance:
             runs = [
                 r.dagster_run for r in instance.get_run_records(dg.RunsFilter(job_name="hourly_assets_job"))

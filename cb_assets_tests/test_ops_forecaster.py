@@ -55,6 +55,12 @@ def _newest_anchor(url: str) -> datetime | None:
         return None
 
 
+def _ledger_stats(url: str) -> dict:
+    with connect(url, timeout_s=2) as conn:
+        row = conn.execute("SELECT counters->'ledger' FROM forecaster_status").fetchone()
+    return row[0] if row and row[0] else {}
+
+
 def _state(url: str) -> str | None:
     with connect(url, timeout_s=2) as conn:
         row = conn.execute("SELECT counters->>'state' FROM forecaster_status").fetchone()
@@ -132,7 +138,8 @@ def test_forecaster_survives_kill_database_restart_and_broker_outage(tmp_path: P
         pg.start()
         wait_for_postgres(url)
         _wait(lambda: _newest_anchor(url) is not None, 30, "PostgreSQL back")
-        time.sleep(6)
+        # The writer catches up with what it held (its heartbeat, every 5 s, says when nothing is pending).
+        _wait(lambda: _ledger_stats(url).get("pending") == 0, 60, "the held forecasts being written")
         with connect(url) as conn:
             total, distinct = conn.execute(
                 "SELECT count(*), count(DISTINCT (version_id, product_id, anchor, horizon_s)) FROM forecasts"
