@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from cb_assets.db.connection import connect
 from cb_assets.model import registry
 from cb_assets.model.experiment import series_for, window_sets
 from cb_assets.series.schema import HOUR_S, SECOND_NS
+from cb_assets.series.windows import ColumnStats
 
 
 def ticks_of(rows: Sequence[tuple], products: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -43,6 +44,11 @@ def register_champion(
     h = int(pd.Timestamp(last_hour).value)
     hours = [h - 2 * HOUR_S * SECOND_NS, h - HOUR_S * SECOND_NS, h]
     ws = window_sets(series_for(ticks_of(rows, products), products, hours), products, [h])[0]
+    # One hour of history sees one twenty-fourth of the day: the time-of-day inputs (sin and cos of the hour)
+    # get their whole-day statistics, mean 0 and variance 1/2, or every later hour would lie out of range.
+    fs = ws.feature_stats
+    tod = np.array([n.split(":")[1] in ("tod_sin", "tod_cos") for n in ws.feature_names])
+    fs = ColumnStats(fs.count, np.where(tod, 0.0, fs.total), np.where(tod, 0.5 * fs.count, fs.total_sq))
     cfg = NetworkConfig(
         n_features=ws.features.shape[1],
         n_outputs=ws.labels.shape[1],
@@ -57,9 +63,7 @@ def register_champion(
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = build_model(
-        cfg, ws.feature_stats, ws.label_stats, feature_names=ws.feature_names, output_names=ws.output_names
-    )
+    model = build_model(cfg, fs, ws.label_stats, feature_names=ws.feature_names, output_names=ws.output_names)
     with connect(database_url) as conn, conn.transaction():
         version = registry.register(
             conn,
@@ -121,3 +125,70 @@ def run_sink(settings: Settings, stop: threading.Event) -> None:
         batch_timeout_s=0.05,
     )
     Sink(cfg).run(stop)
+
+
+def ledger_version(conn, heldout: float) -> int:
+    """A registered model version (no artifact: the ledger only names it) with a held-out skill."""
+    return registry.register(
+        conn,
+        kind="initial",
+        parent_id=None,
+        partitions=["2024-03-01-11:00"],
+        target_hour=None,
+        metrics={"challenger": {"score": heldout}},
+        artifact_path="/nonexistent.keras",
+        status="promoted",
+        decision_reason="test",
+    )
+
+
+def seed_scored_ledger(
+    url: str, hour: datetime, products: Sequence[str], factors: dict[int, float], seed: int = 4
+) -> dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray]]:
+    """Forecasts every 5 s of `hour` by each version (forecast = factor x the realised move), a price path
+    with a tick per second written to raw_ticks, and the outcomes attached from it by the store.
+
+    Returns {(version, product, horizon): (outcomes, forecasts)}."""
+    from cb_assets.db.forecast_store import LedgerRow, score_due, write_forecasts
+
+    rng = np.random.default_rng(seed)
+    starts = range(0, 3600, 5)
+    truth, rows, ticks = {}, [], []
+    for p in products:
+        path = (100.0 if p == "BTC-USD" else 10.0) * np.exp(np.cumsum(rng.normal(0, 1e-4, 4000)))
+        ticks += [(p, hour + timedelta(seconds=s), float(path[s])) for s in range(4000)]
+        for h in (10, 20, 100, 200):
+            y = np.array([np.log(path[s + h] / path[s]) for s in starts])
+            for version, factor in factors.items():
+                f = factor * y
+                truth[(version, p, h)] = (y, f)
+                rows += [
+                    LedgerRow(
+                        version,
+                        p,
+                        hour + timedelta(seconds=s),
+                        h,
+                        float(r),
+                        float(path[s] * np.exp(r)),
+                        float(path[s]),
+                    )
+                    for s, r in zip(starts, f, strict=True)
+                ]
+    with connect(url) as conn:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY raw_ticks (product_id, time, price, volume_24_h, low_24_h, high_24_h, low_52_w, high_52_w, "
+                "price_percent_chg_24_h, source) FROM STDIN"
+            ) as copy,
+        ):
+            for p, t, price in ticks:
+                copy.write_row(
+                    (p, t, price, 1.0, price / 2, price * 2, price / 3, price * 3, 0.0, "simulated")
+                )
+        conn.commit()
+        write_forecasts(conn, rows)
+        conn.commit()
+        assert score_due(conn, slack_s=0) == len(rows)
+        conn.commit()
+    return truth

@@ -11,81 +11,24 @@ import numpy as np
 import pytest
 
 from cb_assets.db.connection import connect
-from cb_assets.db.forecast_store import LedgerRow, score_due, write_forecasts
 from cb_assets.defs.forecast_scores import forecast_scores
 from cb_assets.defs.resources import resources_for
 from cb_assets.model import registry
+from cb_assets_tests.forecast_support import ledger_version, seed_scored_ledger
 
 HOUR = datetime(2024, 3, 1, 12, tzinfo=UTC)
 KEY = "2024-03-01-12:00"
 PRODUCTS = ("BTC-USD", "ETH-USD")
 
 
-def _version(conn, heldout: float) -> int:
-    v = registry.register(
-        conn,
-        kind="initial",
-        parent_id=None,
-        partitions=["2024-03-01-11:00"],
-        target_hour=None,
-        metrics={"challenger": {"score": heldout}},
-        artifact_path="/nonexistent.keras",
-        status="promoted",
-        decision_reason="test",
-    )
-    return v
-
-
-def _ledger(url: str, good: int, bad: int) -> dict[tuple[int, str, int], tuple[np.ndarray, np.ndarray]]:
-    """Forecasts every 5 s of the hour; outcomes written as raw ticks, then scored from them by the store.
-
-    The good version forecasts half of the realised move, the bad one its opposite."""
-    rng = np.random.default_rng(4)
-    anchors = [HOUR + timedelta(seconds=s) for s in range(0, 3600, 5)]
-    truth = {}
-    rows, ticks = [], []
-    for p in PRODUCTS:
-        base = 100.0 if p == "BTC-USD" else 10.0
-        # A price path with one tick per second; the outcome of (anchor, h) is its log change over h.
-        path = base * np.exp(np.cumsum(rng.normal(0, 1e-4, 3600 + 400)))
-        for s in range(3600 + 400):
-            ticks.append((p, HOUR + timedelta(seconds=s), float(path[s])))
-        for h in (10, 20, 100, 200):
-            y = np.array([np.log(path[s + h] / path[s]) for s in range(0, 3600, 5)])
-            truth[(good, p, h)] = (y, 0.5 * y)
-            truth[(bad, p, h)] = (y, -y)
-            for version, f in ((good, 0.5 * y), (bad, -y)):
-                for a, s, r in zip(anchors, range(0, 3600, 5), f, strict=True):
-                    last = float(path[s])
-                    rows.append(LedgerRow(version, p, a, h, float(r), last * float(np.exp(r)), last))
-    with connect(url) as conn:
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                "COPY raw_ticks (product_id, time, price, volume_24_h, low_24_h, high_24_h, low_52_w, high_52_w, "
-                "price_percent_chg_24_h, source) FROM STDIN"
-            ) as copy,
-        ):
-            for p, t, price in ticks:
-                copy.write_row(
-                    (p, t, price, 1.0, price / 2, price * 2, price / 3, price * 3, 0.0, "simulated")
-                )
-        conn.commit()
-        write_forecasts(conn, rows)
-        conn.commit()
-        assert score_due(conn, slack_s=0) == len(rows)
-        conn.commit()
-    return truth
-
-
 @pytest.fixture(scope="module")
 def scored(database_url: str, tmp_path_factory: pytest.TempPathFactory):
     with connect(database_url) as conn:
-        good = _version(conn, heldout=0.7)
-        bad = _version(conn, heldout=0.2)
+        good = ledger_version(conn, heldout=0.7)
+        bad = ledger_version(conn, heldout=0.2)
         registry.set_alias(conn, bad, "test: a champion that is worse than persistence live")
         conn.commit()
-    truth = _ledger(database_url, good, bad)
+    truth = seed_scored_ledger(database_url, HOUR, PRODUCTS, {good: 0.5, bad: -1.0})
     res = resources_for(database_url, tmp_path_factory.mktemp("scores"), PRODUCTS)
     with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("instance"))) as instance:
         result = dg.materialize([forecast_scores], partition_key=KEY, resources=res, instance=instance)

@@ -13,10 +13,13 @@ import pytest
 
 from cb_assets.db.connection import connect
 from cb_assets.feed.seed import simulate_rows, write_rows
+from cb_assets.model import registry
 from cb_assets_tests.dagster_dev_support import DagsterDev, dagster_dev
+from cb_assets_tests.forecast_support import ledger_version, seed_scored_ledger
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 UI_DAY = datetime(2024, 3, 1, tzinfo=UTC)
+LEDGER_HOUR = datetime(2024, 3, 2, 12, tzinfo=UTC)
 BACKFILL_DAY = datetime(2024, 3, 5, tzinfo=UTC)
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -55,6 +58,16 @@ def platform(make_database, tmp_path_factory) -> DagsterDev:
                     partition_key=_key(hour), instance=instance, raise_on_error=False
                 )
                 assert result.success
+            # Live forecasts of a champion, scored, and their hourly summary with its plot.
+            with connect(url) as conn:
+                champion = ledger_version(conn, heldout=0.2)
+                registry.set_alias(conn, champion, "test")
+                conn.commit()
+            seed_scored_ledger(url, LEDGER_HOUR, PRODUCTS, {champion: 0.5})
+            scores = defs.resolve_job_def("forecast_scores_job").execute_in_process(
+                partition_key=_key(LEDGER_HOUR), instance=instance
+            )
+            assert scores.success
         yield dev
 
 
@@ -127,9 +140,17 @@ def test_ui_shows_lineage_automation_plots_and_checks(platform: DagsterDev) -> N
                 "product_time_unique",
             ):
                 page.get_by_text(check).first.wait_for(timeout=60_000)
+            # The live scores: their plot of skill per hour and horizon.
+            page.goto(f"{platform.url}/assets/forecast_scores?view=events")
+            page.get_by_text("live_skill_plot").first.wait_for(timeout=60_000)
+            page.get_by_text("[Show Markdown]").first.click()
+            plot = page.locator('img[src^="data:image/png"]').first
+            plot.wait_for(timeout=30_000)
+            assert plot.bounding_box()["width"] > 200
+            page.screenshot(path=str(ARTIFACTS / "06-forecast_scores-plot.png"))
         finally:
             browser.close()
-    assert len(list(ARTIFACTS.glob("0*.png"))) >= 5
+    assert len(list(ARTIFACTS.glob("0*.png"))) >= 6
 
 
 @pytest.mark.slow
