@@ -23,10 +23,12 @@ rebalance first finishes the batch in flight and commits it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +50,26 @@ _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
 # While a batch is being written, consume in slices this long so its offsets are committed (and `on_commit`
 # fires) soon after PostgreSQL has it, not only when the next batch is full or linger_s has passed.
 _SLICE_S = 0.02
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch is consumed and split.
+
+    A batch allocates 10,000 GC-tracked `Message` objects that live until the batch is split; with the
+    collector running, their allocation triggers gen-1 and full collections that walk them (and the whole
+    heap) again and again: ~1 us per tick, a fifth of the sink's CPU in a py-spy profile. They hold no
+    reference cycles and are freed by refcounting before the collector is back on, which also takes them
+    off its allocation count.
+    """
+    if not gc.isenabled():  # someone else's decision; leave it alone
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass
@@ -239,9 +261,10 @@ class Sink:
             while not stop.is_set():
                 if max_messages is not None and self.stats.consumed >= max_messages:
                     break
-                msgs = self._consume(consumer)
-                if msgs:
-                    self._handle(consumer, msgs, stop, writer)
+                with _gc_paused():
+                    batch = self._next_batch(consumer)  # its Message objects are freed on return
+                if batch is not None:
+                    self._handle(consumer, batch, stop, writer)
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + self.cfg.stats_interval_s
                     log.info("sink: %s", self.stats.line())
@@ -278,9 +301,10 @@ class Sink:
             if len(msgs) >= size or time.monotonic() >= deadline:
                 return msgs
 
-    def _handle(
-        self, consumer: Consumer, msgs: list[Message], stop: threading.Event, writer: ThreadPoolExecutor
-    ) -> None:
+    def _next_batch(self, consumer: Consumer) -> SinkBatch | None:
+        msgs = self._consume(consumer)
+        if not msgs:
+            return None
         batch = split_messages(
             msgs,
             topic=self.cfg.topic,
@@ -291,6 +315,11 @@ class Sink:
         )
         self.stats.consumed += batch.consumed
         self.stats.kafka_errors += batch.kafka_errors
+        return batch
+
+    def _handle(
+        self, consumer: Consumer, batch: SinkBatch, stop: threading.Event, writer: ThreadPoolExecutor
+    ) -> None:
         # One batch at a time in PostgreSQL, and offsets committed in order: the previous batch first.
         self._finish_in_flight(consumer)
         if not batch.offsets:
