@@ -1,11 +1,13 @@
 """Speed of the Kafka -> PostgreSQL sink: throughput against the naive writer, and commit latency under load.
 
-Run: `python bench/ingest.py [--ticks N] [--rate R] [--latency-seconds S]` (a few minutes on 2 cores).
-Targets on 2 CPU cores:
-- the sink (`Sink`, binary COPY) ingests >= 100,000 ticks/s and >= 1.5x the naive sink (the same `Sink` with
-  `naive=True`: executemany INSERT per batch), both measured in this run over the same topic;
+Run: `python bench/ingest.py [--ticks N] [--repeats K] [--rate R] [--latency-seconds S]` (a few minutes on
+2 cores). Targets on 2 CPU cores (issue 16), with the broker and PostgreSQL on the same cores:
+- the sink (`Sink`: batch decoding and validation, numpy-built binary COPY) ingests >= 100,000 ticks/s,
+  with <= 4 us of CPU in the sink's process per tick, and >= 3x the naive sink (the same `Sink` with
+  `naive=True`: `parse_tick` for every message and executemany INSERT per batch), both measured in this run
+  over the same topic; with --repeats K the pair runs K times and the medians are judged;
 - at a fixed offered load (default 2,000 ticks/s, produced in real time while the sink runs), p99 of
-  "offsets committed" minus "message produced" is <= 1 s.
+  "offsets committed" minus "message produced" is <= 250 ms.
 
 Services: CB_DATABASE_URL / CB_KAFKA_BOOTSTRAP when set (fresh databases and topics are created there and
 the databases dropped at the end), else an embedded PostgreSQL and the bundled broker started here in
@@ -17,10 +19,10 @@ sink run reads that topic from offset 0 with a consumer group of its own into a 
 in this process, and is timed from its partition assignment until the commit of the batch holding the N-th
 tick. Joining the group is left out of the headline because the bundled broker holds every new group for a
 fixed ~3 s before assigning partitions, whatever the consumer does; the figure with it, and the one from the
-first commit to the last, are printed beside it. CPU time per tick (this process, and the embedded
-PostgreSQL) and the load average are printed too: the machine may be shared, and they show how much of a
-slow run is the sink's own cost. The script prints figures and PASS/FAIL against the targets; it never
-asserts.
+first commit to the last, are printed beside it. CPU time per tick (this process; the embedded PostgreSQL
+server, or on a configured server on this machine the sink's backend from its first commit to its last) and
+the load average are printed too: the machine may be shared, and they show how much of a slow run is the
+sink's own cost. The script prints figures and PASS/FAIL against the targets; it never asserts.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ from cb_assets.stream.topics import ensure_topic
 START = parse_rfc3339_ns("2024-05-01T00:00:00Z")
 PARTITIONS = 6
 THROUGHPUT_TARGET = 100_000.0
-RATIO_TARGET = 1.5
-P99_TARGET_S = 1.0
+RATIO_TARGET = 3.0
+SINK_CPU_TARGET_US = 4.0
+P99_TARGET_S = 0.25
 
 
 # -- services --------------------------------------------------------------------------------------------
@@ -145,6 +148,37 @@ def produce_all(bootstrap: str, topic: str, keys: list[bytes], values: list[byte
     return len(values) / elapsed, failed + left
 
 
+class _BackendClock:
+    """CPU time of the sink's PostgreSQL backend on a configured server that runs on this machine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.proc: psutil.Process | None = None
+        self.start = 0.0
+
+    def begin(self) -> None:
+        with contextlib.suppress(Exception), connect(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'cb-assets sink'"
+            ).fetchone()
+            if row:
+                self.proc = psutil.Process(int(row[0]))
+                self.start = self._cpu()
+
+    def _cpu(self) -> float:
+        assert self.proc is not None
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    def seconds(self) -> float | None:
+        if self.proc is None:
+            return None
+        with contextlib.suppress(psutil.Error):
+            return self._cpu() - self.start
+        return None
+
+
 def row_count(url: str) -> int:
     with connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM raw_ticks").fetchone()
@@ -178,6 +212,19 @@ class SinkRun:
     cpu_sink_s: float = 0.0  # this process (sink threads and librdkafka's) during the run
     cpu_pg_s: float | None = None  # the embedded PostgreSQL during the run
     load_before: float = 0.0  # 1-minute load average when the run started (the machine is shared)
+    cpu_backend_s: float | None = None  # configured server: the sink's backend, first commit to last
+    rows: int = 0  # rows in raw_ticks after the run
+
+    def sink_us(self) -> float:
+        return self.cpu_sink_s / self.ticks * 1e6 if self.ticks else math.nan
+
+    def pg_text(self) -> str:
+        if self.cpu_pg_s is not None:
+            return f", PostgreSQL {self.cpu_pg_s / self.ticks * 1e6:.1f} us"
+        if self.cpu_backend_s is not None and self.ticks > self.first_batch:
+            us = self.cpu_backend_s / (self.ticks - self.first_batch) * 1e6
+            return f", PostgreSQL backend {us:.1f} us (first commit to last)"
+        return ""
 
     @property
     def rate(self) -> float:
@@ -198,15 +245,20 @@ def run_sink(label: str, svc: Services, cfg: SinkConfig, n: int, timeout_s: floa
     commits: list[tuple[float, int]] = []
     done = 0
     cpu1: tuple[float, float | None] = (0.0, None)
+    backend = _BackendClock(cfg.database_url) if svc.pg.postmaster is None else None
+    backend_s: float | None = None
 
     def on_commit(b: CommittedBatch) -> None:
-        nonlocal done, cpu1
+        nonlocal done, cpu1, backend_s
+        if not commits and backend is not None:
+            backend.begin()
         commits.append((time.perf_counter(), len(b.message_timestamps_ms)))
         done += len(b.message_timestamps_ms)
         if done >= n:
             # Sampled at the last commit, while the sink's server backend still runs (a backend that has
             # exited but is not yet reaped by the postmaster would be counted nowhere).
             cpu1 = svc.cpu_seconds()
+            backend_s = backend.seconds() if backend is not None else None
 
     stop = threading.Event()
     watchdog = threading.Timer(timeout_s, stop.set)  # a broken run stops instead of hanging the bench
@@ -243,6 +295,7 @@ def run_sink(label: str, svc: Services, cfg: SinkConfig, n: int, timeout_s: floa
         cpu1[0] - cpu0[0],
         None if cpu0[1] is None or cpu1[1] is None else cpu1[1] - cpu0[1],
         load,
+        backend_s,
     )
 
 
@@ -330,9 +383,41 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def throughput_runs(svc: Services, topic: str, products: tuple[str, ...], n: int) -> tuple[SinkRun, SinkRun]:
+    """The sink and the naive sink over the same topic, each from offset 0 into a fresh database."""
+    timeout_s = 120 + n / 5_000
+    runs: list[SinkRun] = []
+    for label, naive in (
+        ("sink (batch path, binary COPY)", False),
+        ("naive sink (parse_tick, executemany)", True),
+    ):
+        url = svc.fresh_database()
+        cfg = SinkConfig(
+            bootstrap=svc.bootstrap,
+            topic=topic,
+            database_url=url,
+            products=products,
+            group_id=f"bench-{'naive' if naive else 'sink'}-{uuid.uuid4().hex[:6]}",
+            naive=naive,
+        )
+        r = run_sink(label, svc, cfg, n, timeout_s)
+        r.rows = row_count(url)
+        runs.append(r)
+        print(
+            f"{label}: {r.ticks:,} ticks in {r.total_s - r.join_s:.2f} s from partition assignment to the "
+            f"last commit = {r.rate:,.0f} ticks/s\n"
+            f"  (group join {r.join_s:.2f} s; with it {r.total_rate:,.0f} ticks/s; first commit to last "
+            f"{r.steady_rate:,.0f} ticks/s; {r.batches} batches; {r.rows:,} rows in raw_ticks)\n"
+            f"  CPU per tick: sink process {r.sink_us():.1f} us{r.pg_text()}; "
+            f"1-min load average at start {r.load_before:.2f} on {os.cpu_count()} CPUs"
+        )
+    return runs[0], runs[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=1_000_000, help="ticks for the throughput runs")
+    parser.add_argument("--repeats", type=int, default=1, help="throughput pairs to run (medians judged)")
     parser.add_argument("--rate", type=float, default=2_000.0, help="offered load for the latency run")
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency run")
     args = parser.parse_args()
@@ -364,36 +449,14 @@ def main() -> None:
         )
         del keys
 
-        timeout_s = 120 + n / 5_000
-        runs: list[SinkRun] = []
-        urls: list[str] = []
-        for label, naive in (("sink (binary COPY)", False), ("naive sink (executemany)", True)):
-            url = svc.fresh_database()
-            urls.append(url)
-            cfg = SinkConfig(
-                bootstrap=svc.bootstrap,
-                topic=topic,
-                database_url=url,
-                products=products,
-                group_id=f"bench-{'naive' if naive else 'sink'}-{uuid.uuid4().hex[:6]}",
-                naive=naive,
-            )
-            r = run_sink(label, svc, cfg, n, timeout_s)
-            runs.append(r)
-            pg_cpu = "" if r.cpu_pg_s is None else f", PostgreSQL {r.cpu_pg_s / n * 1e6:.1f} us"
-            print(
-                f"{label}: {r.ticks:,} ticks in {r.total_s - r.join_s:.2f} s from partition assignment to the "
-                f"last commit = {r.rate:,.0f} ticks/s\n"
-                f"  (group join {r.join_s:.2f} s; with it {r.total_rate:,.0f} ticks/s; first commit to last "
-                f"{r.steady_rate:,.0f} ticks/s; {r.batches} batches)\n"
-                f"  CPU per tick: sink process {r.cpu_sink_s / n * 1e6:.1f} us{pg_cpu}; "
-                f"1-min load average at start {r.load_before:.2f} on {os.cpu_count()} CPUs"
-            )
-        real, naive_run = runs
-        ratio = real.rate / naive_run.rate if naive_run.rate else math.inf
-        print(f"ratio sink / naive: {ratio:.2f}x")
-        counts = [row_count(u) for u in urls]
-        print(f"rows in raw_ticks: sink {counts[0]:,}, naive {counts[1]:,} (expected {n:,} each)")
+        pairs: list[tuple[SinkRun, SinkRun]] = []
+        for k in range(args.repeats):
+            if args.repeats > 1:
+                print(f"-- throughput pair {k + 1} of {args.repeats}")
+            real, naive_run = throughput_runs(svc, topic, products, n)
+            pairs.append((real, naive_run))
+            ratio = real.rate / naive_run.rate if naive_run.rate else math.inf
+            print(f"ratio sink / naive (this pair): {ratio:.2f}x")
 
         need = int(args.rate * args.latency_seconds) + 1
         lat_values = values if len(values) >= need else build_messages(need, products)[1]
@@ -407,33 +470,49 @@ def main() -> None:
             f"p50 {pct[0]:.3f} s, p90 {pct[1]:.3f} s, p99 {pct[2]:.3f} s, max {mx:.3f} s"
         )
 
+    def med(xs: list[float]) -> float:
+        return float(np.median(xs))
+
+    rate = med([r.rate for r, _ in pairs])
+    naive_rate = med([q.rate for _, q in pairs])
+    ratio = med([r.rate / q.rate if q.rate else math.inf for r, q in pairs])
+    sink_us = med([r.sink_us() for r, _ in pairs])
+    naive_us = med([q.sink_us() for _, q in pairs])
+    rows_ok = all(r.rows == n and q.rows == n for r, q in pairs)
+    of = f" (median of {len(pairs)})" if len(pairs) > 1 else ""
     rows = [
         (
-            "sink throughput",
-            f"{real.rate:,.0f} ticks/s",
+            "sink throughput" + of,
+            f"{rate:,.0f} ticks/s",
             f">= {THROUGHPUT_TARGET:,.0f} ticks/s",
-            real.rate >= THROUGHPUT_TARGET,
+            rate >= THROUGHPUT_TARGET,
         ),
-        ("naive sink throughput", f"{naive_run.rate:,.0f} ticks/s", "(baseline)", None),
-        ("sink / naive", f"{ratio:.2f}x", f">= {RATIO_TARGET}x", ratio >= RATIO_TARGET),
-        ("rows, sink database", f"{counts[0]:,}", f"= {n:,}", counts[0] == n),
-        ("rows, naive database", f"{counts[1]:,}", f"= {n:,}", counts[1] == n),
+        (
+            "sink CPU per tick" + of,
+            f"{sink_us:.2f} us",
+            f"<= {SINK_CPU_TARGET_US:.1f} us",
+            sink_us <= SINK_CPU_TARGET_US,
+        ),
+        ("naive sink throughput" + of, f"{naive_rate:,.0f} ticks/s", "(baseline)", None),
+        ("naive sink CPU per tick" + of, f"{naive_us:.2f} us", "", None),
+        ("sink / naive" + of, f"{ratio:.2f}x", f">= {RATIO_TARGET}x", ratio >= RATIO_TARGET),
+        ("rows in raw_ticks, every run", "all" if rows_ok else "MISSING", f"= {n:,}", rows_ok),
         ("latency p50", f"{pct[0]:.3f} s", "", None),
         ("latency p90", f"{pct[1]:.3f} s", "", None),
         (
             f"latency p99 @ {lat.offered_rate:,.0f}/s",
             f"{pct[2]:.3f} s",
-            f"<= {P99_TARGET_S:.1f} s",
+            f"<= {P99_TARGET_S:.2f} s",
             bool(pct[2] <= P99_TARGET_S) and lat.committed == lat.sent,
         ),
         ("latency max", f"{mx:.3f} s", "", None),
         ("produce rate (set-up)", f"{produce_rate:,.0f} msgs/s", "", None),
-        ("load avg at sink run", f"{real.load_before:.2f}", f"({os.cpu_count()} CPUs)", None),
+        ("load avg at first sink run", f"{pairs[0][0].load_before:.2f}", f"({os.cpu_count()} CPUs)", None),
     ]
     print()
-    print(f"{'summary':<28} {'measured':>18}  {'target':<22} result")
+    print(f"{'summary':<40} {'measured':>18}  {'target':<22} result")
     for name, measured, target, ok in rows:
-        print(f"{name:<28} {measured:>18}  {target:<22} {'' if ok is None else verdict(ok)}")
+        print(f"{name:<40} {measured:>18}  {target:<22} {'' if ok is None else verdict(ok)}")
 
 
 if __name__ == "__main__":
