@@ -153,33 +153,43 @@ class TickWriter:
                 else:
                     cur.execute(_UPSERT)
                     inserted = cur.rowcount
-            if rejected:
-                cur.executemany(
-                    _REJECT,
-                    [
-                        (
-                            r.source,
-                            r.rejection.reason,
-                            r.payload,
-                            r.rejection.product_id,
-                            r.rejection.tick_time,
-                            r.topic,
-                            r.partition,
-                            r.offset,
-                        )
-                        for r in rejected
-                    ],
-                )
+            _insert_rejected(cur, rejected)
         return WriteResult(staged, inserted, len(rejected))
 
 
 class NaiveTickWriter:
-    """The baseline the benchmark compares against: executemany INSERT per batch, same idempotency."""
+    """The baseline the benchmark compares against: executemany INSERT per batch, same idempotency, same
+    dead letters."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
 
     def write(self, rows: Sequence[TickRow], rejected: Sequence[RejectedMessage] = ()) -> WriteResult:
+        inserted = 0
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.executemany(_NAIVE_INSERT, rows)
-        return WriteResult(len(rows), len(rows), 0)
+            if rows:
+                cur.executemany(_NAIVE_INSERT, rows)
+                inserted = cur.rowcount  # summed over the statements; ON CONFLICT skips count 0
+            _insert_rejected(cur, rejected)
+        return WriteResult(len(rows), inserted, len(rejected))
+
+
+def _insert_rejected(cur: psycopg.Cursor, rejected: Sequence[RejectedMessage]) -> None:
+    if not rejected:
+        return
+    cur.executemany(
+        _REJECT,
+        [
+            (
+                r.source,
+                r.rejection.reason,
+                r.payload,
+                r.rejection.product_id,
+                r.rejection.tick_time,
+                r.topic,
+                r.partition,
+                r.offset,
+            )
+            for r in rejected
+        ],
+    )

@@ -98,9 +98,12 @@ def split_messages(
         offs = [offs[i] for i in ticks_at]
 
     def reject(i: int, r: Rejection) -> None:
+        # The product id is whatever the message said ("BTC-USD\x00" included): PostgreSQL text cannot hold
+        # NUL, and a rejection must never be refused.
+        product_id = None if r.product_id is None else clean_text(r.product_id)
         rejected.append(
             RejectedMessage(
-                Rejection(clean_text(r.reason), r.product_id, r.tick_time),
+                Rejection(clean_text(r.reason), product_id, r.tick_time),
                 values[i] or b"",
                 source,
                 topic,
