@@ -77,7 +77,7 @@ def split_messages(
     parts: list[int] = list(map(Message.partition, msgs))
     offs: list[int] = list(map(Message.offset, msgs))
     # The subscription is one topic: offsets are per partition, last one wins (a partition is in order).
-    offsets = {(topic, p): o for p, o in zip(parts, offs, strict=True)}
+    offsets = {(topic, p): o for p, o in dict(zip(parts, offs, strict=True)).items()}
     stamps = [ts for _, ts in map(Message.timestamp, msgs)] if want_stamps else []
     source = f"kafka:{topic}"
     rejected: list[RejectedMessage] = []
