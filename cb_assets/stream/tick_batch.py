@@ -224,12 +224,6 @@ def decode_batch(
         zero = (nums == 0).any(axis=1) | (bid == 0) | (ask == 0)
     decided = time_ok & (time_us - now_us <= _MAX_FUTURE_US) & (product >= 0) & ~zero & ~bid_nan & ~ask_nan
 
-    # Messages the batch path leaves to parse_tick: those msgspec refused, and the undecided.
-    undecided = np.ones(len(values), bool)
-    undecided[msg_idx[decided]] = False
-    parts = np.asarray(partitions, dtype=np.int32)
-    offs = np.asarray(offsets, dtype=np.int64)
-
     fast = np.flatnonzero(decided)
     broken = tick_rules.any_broken(tick_rules.violations(nums[fast], bid[fast], ask[fast]))
     rejections: list[tuple[int, Rejection]] = []
@@ -239,11 +233,19 @@ def decode_batch(
             None if np.isnan(bid[k]) else float(bid[k]),
             None if np.isnan(ask[k]) else float(ask[k]),
         )
-        assert reason is not None  # the two forms of the rules agree (tests check it)
+        if reason is None:  # the two forms of the rules disagree (the tests say they do not): parse_tick's
+            decided[k] = False
+            continue
         rejections.append(
             (int(msg_idx[k]), Rejection(reason, product_names[product[k]], us_to_datetime(int(time_us[k]))))
         )
     keep = fast[~broken]
+
+    # Messages the batch path leaves to parse_tick: those msgspec refused, and the undecided.
+    undecided = np.ones(len(values), bool)
+    undecided[msg_idx[decided]] = False
+    parts = np.asarray(partitions, dtype=np.int32)
+    offs = np.asarray(offsets, dtype=np.int64)
     mi = msg_idx[keep]
     ticks = TickColumns(
         product_names,
