@@ -107,8 +107,29 @@ def first_per_key(cols: TickColumns) -> TickColumns:
     return cols.take(keep)
 
 
+@dataclass(frozen=True)
+class CopyBatch:
+    """Rows encoded for COPY, built where CPU is to spare (the sink's main thread) and sent by the writer."""
+
+    staged: int  # rows given
+    unique: int  # rows without in-batch repeats of a (product_id, time), the ones encoded
+    data: bytes
+
+    @classmethod
+    def of(cls, rows: TickColumns | Sequence[TickRow]) -> CopyBatch:
+        cols = rows if isinstance(rows, TickColumns) else TickColumns.from_rows(rows)
+        unique = first_per_key(cols)
+        return cls(len(cols), len(unique), copy_binary.encode(unique) if len(cols) else b"")
+
+
 class TickWriter:
-    """Owns one connection; `write` is all-or-nothing."""
+    """Owns one connection; `write` is all-or-nothing.
+
+    On a connection in autocommit mode (the sink's), a batch without rejections is written by one COPY
+    statement, which is its own transaction: committed, and flushed to the WAL, when the COPY returns. That
+    spares the BEGIN and COMMIT round trips, each of which waits for the GIL while the sink's main thread is
+    decoding the next batch (the writer took 73 ms per 10,000 ticks in the sink against 40 ms alone).
+    """
 
     # After a batch turned out to hold stored ticks, this many batches go straight to the upsert: a replay
     # of stored data then does not pay for a refused COPY every time, and new data soon gets the fast path back.
@@ -121,16 +142,14 @@ class TickWriter:
             conn.execute(_CREATE_STAGING)
 
     def write(
-        self, rows: TickColumns | Sequence[TickRow], rejected: Sequence[RejectedMessage] = ()
+        self, rows: CopyBatch | TickColumns | Sequence[TickRow], rejected: Sequence[RejectedMessage] = ()
     ) -> WriteResult:
-        cols = rows if isinstance(rows, TickColumns) else TickColumns.from_rows(rows)
-        staged = len(cols)
-        unique = first_per_key(cols)
-        # Built once, outside the transaction: a retried transaction (below) sends the same bytes.
-        data = copy_binary.encode(unique) if staged else b""
+        # Encoded once, outside the transaction: a retried transaction (below) sends the same bytes.
+        batch = rows if isinstance(rows, CopyBatch) else CopyBatch.of(rows)
+        staged, unique, data = batch.staged, batch.unique, batch.data
         if staged and self._upsert_next == 0:
             try:
-                return self._write(staged, len(unique), data, rejected, direct=True)
+                return self._write(staged, unique, data, rejected, direct=True)
             except psycopg.errors.UniqueViolation:
                 # The whole transaction was rolled back (it holds only this batch): write it again with the
                 # upsert. Retrying the transaction rather than using a savepoint spares two round trips per
@@ -138,11 +157,15 @@ class TickWriter:
                 self._upsert_next = self.UPSERT_AFTER_CONFLICT
         elif staged:
             self._upsert_next -= 1
-        return self._write(staged, len(unique), data, rejected, direct=False)
+        return self._write(staged, unique, data, rejected, direct=False)
 
     def _write(
         self, staged: int, unique: int, data: bytes, rejected: Sequence[RejectedMessage], *, direct: bool
     ) -> WriteResult:
+        if direct and not rejected and self.conn.autocommit:
+            with self.conn.cursor() as cur, cur.copy(_COPY_RAW) as copy:
+                copy.write(data)
+            return WriteResult(staged, unique, 0)
         inserted = 0
         with self.conn.transaction(), self.conn.cursor() as cur:
             if staged:

@@ -16,7 +16,7 @@ from datetime import datetime
 from confluent_kafka import KafkaError, Message
 
 from cb_assets.stream.dead_letter import DEAD_LETTER_KEY, decode_dead_letter
-from cb_assets.stream.pg_writer import RejectedMessage
+from cb_assets.stream.pg_writer import CopyBatch, RejectedMessage
 from cb_assets.stream.tick_batch import clean_text, decode_batch
 from cb_assets.stream.tick_columns import TickColumns
 from cb_assets.stream.ticks import Rejection, TickRow, parse_tick
@@ -36,6 +36,10 @@ class SinkBatch:
     consumed: int = 0
     kafka_errors: int = 0
     row_messages: list[int] = field(default_factory=list)  # naive sink: message index per row
+    copy: CopyBatch | None = None  # the ticks encoded for COPY (not for the naive sink)
+
+    def for_writer(self) -> CopyBatch | TickColumns | list[TickRow]:
+        return self.ticks if self.copy is None else self.copy
 
     def __len__(self) -> int:
         return len(self.ticks)
@@ -131,4 +135,5 @@ def split_messages(
     for i, r in decoded.rejections:
         reject(i, r)
     batch.ticks = decoded.ticks
+    batch.copy = CopyBatch.of(decoded.ticks)
     return batch
