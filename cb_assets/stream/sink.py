@@ -325,19 +325,32 @@ class Sink:
     def _handle(
         self, consumer: Consumer, batch: SinkBatch, stop: threading.Event, writer: ThreadPoolExecutor
     ) -> None:
-        # One batch at a time in PostgreSQL, and offsets committed in order: the previous batch first.
-        self._finish_in_flight(consumer)
-        if not batch.offsets:
-            return
-        self._in_flight = _InFlight(writer.submit(self._write, batch, stop), batch.offsets, batch.stamps)
+        # One batch at a time in PostgreSQL, and offsets committed in batch order, each only after its own
+        # transaction has committed.
+        done = self._await_in_flight()
+        if done is not None and done[1] is None:
+            return  # stopping with an unwritten batch: nothing after it may be committed either
+        if batch.offsets:
+            self._in_flight = _InFlight(writer.submit(self._write, batch, stop), batch.offsets, batch.stamps)
+        if done is not None:
+            # The previous batch's offsets go to the broker (a synchronous round trip) while PostgreSQL is
+            # already writing this one: committing first left PostgreSQL idle for every offset commit.
+            self._commit(consumer, *done)
 
     def _finish_in_flight(self, consumer: Consumer) -> None:
         """Wait for the batch being written (if any), then commit its offsets."""
+        done = self._await_in_flight()
+        if done is not None:
+            self._commit(consumer, *done)
+
+    def _await_in_flight(self) -> tuple[_InFlight, WriteResult | None] | None:
         batch, self._in_flight = self._in_flight, None
         if batch is None:
-            return
-        result = batch.future.result()
-        if result is None:
+            return None
+        return batch, batch.future.result()
+
+    def _commit(self, consumer: Consumer, batch: _InFlight, result: WriteResult | None) -> None:
+        if result is None:  # not written (stopping while PostgreSQL refuses): redelivered on the next start
             return
         self.stats.batches += 1
         self.stats.inserted += result.inserted
