@@ -16,9 +16,11 @@ batch, commits and exits.
 
 Step 3 runs in a writer thread while the main thread consumes and validates the next batch, so PostgreSQL's
 share of the work (and its WAL flush at commit) overlaps Python's instead of adding to it (bench/ingest.py
-measures the result). At most one batch is being written at a time and offsets are still committed in batch
-order, each only after its own transaction has committed. All Kafka calls stay on the main thread; a
-rebalance first finishes the batch in flight and commits it.
+measures the result). At most one batch is being written at a time (one writer also keeps raw_ticks'
+received_at, the sensor's high-water mark, in commit order) and offsets are still committed in batch order,
+each only after its own transaction has committed; the next batch is handed to the writer before the
+previous one's offsets go to the broker, so PostgreSQL does not wait for that round trip. All Kafka calls
+stay on the main thread; a rebalance first finishes the batch in flight and commits it.
 """
 
 from __future__ import annotations
