@@ -1,6 +1,7 @@
 """Writing a batch of ticks to PostgreSQL in one transaction: binary COPY, with an upsert for redeliveries.
 
-COPY is the only fast way in from Python (binary, because text COPY is bound by float formatting). A batch
+COPY is the only fast way in from Python (binary, because text COPY is bound by float formatting; the buffer
+is built by numpy for the whole batch, `stream.copy_binary`). A batch
 is first copied straight into raw_ticks: nearly every batch holds only new ticks, and a COPY into the table
 inserts its rows many at a time, where `INSERT ... SELECT ... ON CONFLICT` inserts and checks row by row.
 When any tick is already there (a redelivered batch, a replay) the primary key refuses the COPY, the
@@ -16,8 +17,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import psycopg
+from psycopg import sql
 
+from cb_assets.stream import copy_binary
+from cb_assets.stream.tick_columns import TickColumns
 from cb_assets.stream.ticks import Rejection, TickRow
 
 log = logging.getLogger(__name__)
@@ -38,8 +43,9 @@ RAW_COLUMNS = (
     "kafka_partition",
     "kafka_offset",
 )
-_TYPES = ["text", "timestamptz", *["float8"] * 9, "text", "int4", "int8"]
-_COLS = ", ".join(RAW_COLUMNS)
+_COLS = sql.SQL(", ").join(map(sql.Identifier, RAW_COLUMNS))
+_RAW = sql.Identifier("raw_ticks")
+_STAGING = sql.Identifier("raw_ticks_staging")
 
 _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS raw_ticks_staging (
@@ -48,9 +54,15 @@ CREATE TEMP TABLE IF NOT EXISTS raw_ticks_staging (
     source text, kafka_partition int4, kafka_offset int8
 ) ON COMMIT DELETE ROWS
 """
-_COPY_RAW = f"COPY raw_ticks ({_COLS}) FROM STDIN (FORMAT BINARY)"
-_COPY_STAGING = f"COPY raw_ticks_staging ({_COLS}) FROM STDIN (FORMAT BINARY)"
-_UPSERT = f"INSERT INTO raw_ticks ({_COLS}) SELECT {_COLS} FROM raw_ticks_staging ON CONFLICT (product_id, time) DO NOTHING"
+_COPY = sql.SQL("COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)")
+_COPY_RAW = _COPY.format(table=_RAW, cols=_COLS)
+_COPY_STAGING = _COPY.format(table=_STAGING, cols=_COLS)
+_UPSERT = sql.SQL(
+    "INSERT INTO {raw} ({cols}) SELECT {cols} FROM {staging} ON CONFLICT (product_id, time) DO NOTHING"
+).format(raw=_RAW, cols=_COLS, staging=_STAGING)
+_NAIVE_INSERT = sql.SQL(
+    "INSERT INTO {raw} ({cols}) VALUES ({values}) ON CONFLICT (product_id, time) DO NOTHING"
+).format(raw=_RAW, cols=_COLS, values=sql.SQL(", ").join(sql.Placeholder() * len(RAW_COLUMNS)))
 _REJECT = """
 INSERT INTO raw_ticks_rejected
     (source, reason, payload, product_id, tick_time, kafka_topic, kafka_partition, kafka_offset)
@@ -80,8 +92,44 @@ class WriteResult:
         return self.staged - self.inserted
 
 
+def first_per_key(cols: TickColumns) -> TickColumns:
+    """The rows without repeats of an earlier row's (product_id, time): the first one in batch order wins,
+    as it would when the batch is committed message by message (and as the upsert does across batches)."""
+    n = len(cols)
+    if n < 2:
+        return cols
+    order = np.lexsort((cols.product, cols.time_us))  # stable: equal keys keep their batch order
+    p, t = cols.product[order], cols.time_us[order]
+    repeat = (p[1:] == p[:-1]) & (t[1:] == t[:-1])
+    if not repeat.any():
+        return cols
+    keep = np.sort(order[np.concatenate(([True], ~repeat))])
+    return cols.take(keep)
+
+
+@dataclass(frozen=True)
+class CopyBatch:
+    """Rows encoded for COPY, built where CPU is to spare (the sink's main thread) and sent by the writer."""
+
+    staged: int  # rows given
+    unique: int  # rows without in-batch repeats of a (product_id, time), the ones encoded
+    data: bytes
+
+    @classmethod
+    def of(cls, rows: TickColumns | Sequence[TickRow]) -> CopyBatch:
+        cols = rows if isinstance(rows, TickColumns) else TickColumns.from_rows(rows)
+        unique = first_per_key(cols)
+        return cls(len(cols), len(unique), copy_binary.encode(unique) if len(cols) else b"")
+
+
 class TickWriter:
-    """Owns one connection; `write` is all-or-nothing."""
+    """Owns one connection; `write` is all-or-nothing.
+
+    On a connection in autocommit mode (the sink's), a batch without rejections is written by one COPY
+    statement, which is its own transaction: committed, and flushed to the WAL, when the COPY returns. That
+    spares the BEGIN and COMMIT round trips, each of which waits for the GIL while the sink's main thread is
+    decoding the next batch (the writer took 73 ms per 10,000 ticks in the sink against 40 ms alone).
+    """
 
     # After a batch turned out to hold stored ticks, this many batches go straight to the upsert: a replay
     # of stored data then does not pay for a refused COPY every time, and new data soon gets the fast path back.
@@ -93,70 +141,78 @@ class TickWriter:
         with conn.transaction():
             conn.execute(_CREATE_STAGING)
 
-    @staticmethod
-    def _copy(cur: psycopg.Cursor, statement: str, rows: Sequence[TickRow]) -> None:
-        with cur.copy(statement) as copy:
-            copy.set_types(_TYPES)
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
-
-    def write(self, rows: Sequence[TickRow], rejected: Sequence[RejectedMessage] = ()) -> WriteResult:
-        if rows and self._upsert_next == 0:
+    def write(
+        self, rows: CopyBatch | TickColumns | Sequence[TickRow], rejected: Sequence[RejectedMessage] = ()
+    ) -> WriteResult:
+        # Encoded once, outside the transaction: a retried transaction (below) sends the same bytes.
+        batch = rows if isinstance(rows, CopyBatch) else CopyBatch.of(rows)
+        staged, unique, data = batch.staged, batch.unique, batch.data
+        if staged and self._upsert_next == 0:
             try:
-                return self._write(rows, rejected, direct=True)
+                return self._write(staged, unique, data, rejected, direct=True)
             except psycopg.errors.UniqueViolation:
                 # The whole transaction was rolled back (it holds only this batch): write it again with the
                 # upsert. Retrying the transaction rather than using a savepoint spares two round trips per
                 # batch, each of which waits for the GIL while the sink's main thread is parsing.
                 self._upsert_next = self.UPSERT_AFTER_CONFLICT
-        elif rows:
+        elif staged:
             self._upsert_next -= 1
-        return self._write(rows, rejected, direct=False)
+        return self._write(staged, unique, data, rejected, direct=False)
 
     def _write(
-        self, rows: Sequence[TickRow], rejected: Sequence[RejectedMessage], *, direct: bool
+        self, staged: int, unique: int, data: bytes, rejected: Sequence[RejectedMessage], *, direct: bool
     ) -> WriteResult:
+        if direct and not rejected and self.conn.autocommit:
+            with self.conn.cursor() as cur, cur.copy(_COPY_RAW) as copy:
+                copy.write(data)
+            return WriteResult(staged, unique, 0)
         inserted = 0
         with self.conn.transaction(), self.conn.cursor() as cur:
-            if rows and direct:
-                self._copy(cur, _COPY_RAW, rows)
-                inserted = len(rows)
-            elif rows:
-                self._copy(cur, _COPY_STAGING, rows)
-                cur.execute(_UPSERT)
-                inserted = cur.rowcount
-            if rejected:
-                cur.executemany(
-                    _REJECT,
-                    [
-                        (
-                            r.source,
-                            r.rejection.reason,
-                            r.payload,
-                            r.rejection.product_id,
-                            r.rejection.tick_time,
-                            r.topic,
-                            r.partition,
-                            r.offset,
-                        )
-                        for r in rejected
-                    ],
-                )
-        return WriteResult(len(rows), inserted, len(rejected))
+            if staged:
+                with cur.copy(_COPY_RAW if direct else _COPY_STAGING) as copy:
+                    copy.write(data)
+                if direct:
+                    inserted = unique
+                else:
+                    cur.execute(_UPSERT)
+                    inserted = cur.rowcount
+            _insert_rejected(cur, rejected)
+        return WriteResult(staged, inserted, len(rejected))
 
 
 class NaiveTickWriter:
-    """The baseline the benchmark compares against: executemany INSERT per batch, same idempotency."""
+    """The baseline the benchmark compares against: executemany INSERT per batch, same idempotency, same
+    dead letters."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
 
     def write(self, rows: Sequence[TickRow], rejected: Sequence[RejectedMessage] = ()) -> WriteResult:
-        placeholders = ", ".join(["%s"] * len(RAW_COLUMNS))
+        inserted = 0
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO raw_ticks ({_COLS}) VALUES ({placeholders}) ON CONFLICT (product_id, time) DO NOTHING",
-                rows,
+            if rows:
+                cur.executemany(_NAIVE_INSERT, rows)
+                inserted = cur.rowcount  # summed over the statements; ON CONFLICT skips count 0
+            _insert_rejected(cur, rejected)
+        return WriteResult(len(rows), inserted, len(rejected))
+
+
+def _insert_rejected(cur: psycopg.Cursor, rejected: Sequence[RejectedMessage]) -> None:
+    if not rejected:
+        return
+    cur.executemany(
+        _REJECT,
+        [
+            (
+                r.source,
+                r.rejection.reason,
+                r.payload,
+                r.rejection.product_id,
+                r.rejection.tick_time,
+                r.topic,
+                r.partition,
+                r.offset,
             )
-        return WriteResult(len(rows), len(rows), 0)
+            for r in rejected
+        ],
+    )

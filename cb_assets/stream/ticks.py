@@ -1,9 +1,12 @@
 """One Kafka ticker message -> a raw_ticks row, or a rejection with a reason a person can act on.
 
 Parsing is this module's; whether the numbers make a valid tick is `series.tick_rules`' (the same rules the
-raw_ticks asset checks). Fast because the sink calls it for every message: orjson, one orjson call for the
-seven numbers, and datetime.fromisoformat (which keeps microseconds and drops the remaining nanosecond digits:
-the documented flooring of envelope times to PostgreSQL's resolution).
+raw_ticks asset checks). `parse_tick` is the definition of what the sink accepts and of the reasons it gives:
+the sink's batch path (`tick_batch.decode_batch`) decides the messages it can decide identically and hands
+every other one to `parse_tick` (the tests hold the two to agreement); the naive sink calls it for every
+message. orjson, one orjson call for the seven numbers, and datetime.fromisoformat (which keeps microseconds
+and drops the remaining nanosecond digits: the documented flooring of envelope times to PostgreSQL's
+resolution).
 """
 
 from __future__ import annotations
