@@ -1,4 +1,4 @@
-"""Registrars for the commands that belong to other rooms (feed, sink, up, predict, recordings).
+"""Registrars for the commands that belong to other rooms (feed, sink, up, predict, models, recordings).
 
 Each registrar adds one sub-command to the parser; the handlers import their room lazily.
 """
@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from cb_assets.feed.cli import register as _register_feed
 from cb_assets.model.cli import register as _register_predict
+from cb_assets.model.cli import register_models as _register_models
 from cb_assets.stack.cli import register as _register_up
 from cb_assets.stream.cli import register as _register_sink
 
@@ -18,4 +19,5 @@ REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_feed,
     _register_sink,
     _register_predict,
+    _register_models,
 ]

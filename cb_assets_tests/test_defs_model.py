@@ -14,7 +14,7 @@ import pytest
 
 from cb_assets.db.connection import connect
 from cb_assets.defs.sensors import SensorCursor, newest_complete_hour, raw_ticks_sensor
-from cb_assets.model import registry
+from cb_assets.db import model_registry as registry
 from cb_assets.stream.seed import simulate_rows, write_rows
 from cb_assets_tests.assets_support import (
     ASSET_NAMES,

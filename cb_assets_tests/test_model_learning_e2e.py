@@ -52,7 +52,7 @@ from cb_assets.model.experiment import (
     skill_table,
     window_sets,
 )
-from cb_assets.model.pipeline import TrainSettings
+from cb_assets.model.settings import TrainSettings
 from cb_assets.series.schema import HORIZONS_S, SECOND_NS, SERIES_COLUMNS
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")

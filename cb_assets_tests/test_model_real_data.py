@@ -41,7 +41,7 @@ import pytest
 
 from cb_assets.model.evaluate import ALL
 from cb_assets.model.experiment import HOUR_NS, report_markdown, run_initial, series_for, window_sets
-from cb_assets.model.pipeline import TrainSettings
+from cb_assets.model.settings import TrainSettings
 from cb_assets.series.schema import SECOND_NS, SERIES_COLUMNS
 from cb_assets_tests.conftest import shared_data
 

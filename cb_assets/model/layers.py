@@ -202,15 +202,21 @@ class LinearPath(layers.Layer):
         self.kernel = self.add_weight(
             shape=(n, self.n_outputs), initializer="zeros", trainable=False, name="kernel"
         )
-        self.bias = self.add_weight(shape=(self.n_outputs,), initializer="zeros", trainable=False, name="bias")
+        self.bias = self.add_weight(
+            shape=(self.n_outputs,), initializer="zeros", trainable=False, name="bias"
+        )
         # The sufficient statistics the weights were solved from (float64: sums over ~10^5 windows) and the
         # per-output penalties, so a fine-tune can add an hour to everything seen before (linear.update).
         p1, f64 = n + 1, "float64"
-        self.stats_xx = self.add_weight(shape=(p1, p1), initializer="zeros", trainable=False, name="xx", dtype=f64)
+        self.stats_xx = self.add_weight(
+            shape=(p1, p1), initializer="zeros", trainable=False, name="xx", dtype=f64
+        )
         self.stats_xy = self.add_weight(
             shape=(p1, self.n_outputs), initializer="zeros", trainable=False, name="xy", dtype=f64
         )
-        self.stats_yy = self.add_weight(shape=(self.n_outputs,), initializer="zeros", trainable=False, name="yy", dtype=f64)
+        self.stats_yy = self.add_weight(
+            shape=(self.n_outputs,), initializer="zeros", trainable=False, name="yy", dtype=f64
+        )
         self.stats_n = self.add_weight(shape=(1,), initializer="zeros", trainable=False, name="n", dtype=f64)
         self.lambdas = self.add_weight(
             shape=(self.n_outputs,), initializer="ones", trainable=False, name="lambdas", dtype=f64
@@ -223,7 +229,9 @@ class LinearPath(layers.Layer):
         self.kernel.assign(np.asarray(kernel, np.float32).reshape(n, self.n_outputs))
         self.bias.assign(_checked(bias, self.n_outputs, "bias"))
 
-    def set_stats(self, xx: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: float, lambdas: np.ndarray) -> None:
+    def set_stats(
+        self, xx: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: float, lambdas: np.ndarray
+    ) -> None:
         self.stats_xx.assign(np.asarray(xx, np.float64))
         self.stats_xy.assign(np.asarray(xy, np.float64))
         self.stats_yy.assign(np.asarray(yy, np.float64).reshape(-1))
@@ -261,8 +269,12 @@ class Blend(layers.Layer):
         super().__init__(**kwargs)
         self.n_outputs = int(n_outputs)
         shape = (self.n_outputs,)
-        self.linear_gate = self.add_weight(shape=shape, initializer="zeros", trainable=False, name="linear_gate")
-        self.residual_gate = self.add_weight(shape=shape, initializer="ones", trainable=False, name="residual_gate")
+        self.linear_gate = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="linear_gate"
+        )
+        self.residual_gate = self.add_weight(
+            shape=shape, initializer="ones", trainable=False, name="residual_gate"
+        )
 
     def set_gates(self, linear: np.ndarray, residual: np.ndarray) -> None:
         self.linear_gate.assign(_checked(linear, self.n_outputs, "linear gate"))

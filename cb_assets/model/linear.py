@@ -36,17 +36,18 @@ BLOCK_LAGS_S: tuple[int, ...] = tuple(range(10, 90, 5))  # of each product's 5 s
 CLIP = 10.0
 
 
-def lag_taps(feature_names: Sequence[str]) -> tuple[tuple[int, int], ...]:
-    """(lag in seconds, column) of every input: the whole anchor row, then each product's lagged returns."""
+def lag_taps(feature_names: Sequence[str], window: int) -> tuple[tuple[int, int], ...]:
+    """(lag in seconds, column) of every input: the whole anchor row, then each product's lagged returns
+    (those that fit in the window: the network's input is all the linear path inside it can read)."""
     names = list(feature_names)
     taps = [(0, c) for c in range(len(names))]
     products = list(dict.fromkeys(n.split(":")[0] for n in names))
     for p in products:
         one, five = f"{p}:ret_1s", f"{p}:ret_5s"
         if one in names:
-            taps += [(lag, names.index(one)) for lag in SHORT_LAGS_S]
+            taps += [(lag, names.index(one)) for lag in SHORT_LAGS_S if lag < window]
         if five in names:
-            taps += [(lag, names.index(five)) for lag in BLOCK_LAGS_S]
+            taps += [(lag, names.index(five)) for lag in BLOCK_LAGS_S if lag < window]
     return tuple(taps)
 
 
@@ -128,12 +129,20 @@ def solve(stats: Stats, lam: float) -> np.ndarray:
     p = stats.xx.shape[0]
     pen = np.full(p, lam * max(stats.n, 1.0))
     pen[0] = 0.0
-    return np.linalg.lstsq(stats.xx + np.diag(pen), stats.xy, rcond=None)[0]
+    a = stats.xx + np.diag(pen)
+    try:
+        return np.linalg.solve(a, stats.xy)
+    except np.linalg.LinAlgError:  # lam ~ 0 with a constant tap: singular, take the minimum-norm solution
+        return np.linalg.lstsq(a, stats.xy, rcond=None)[0]
 
 
 def _sse(stats: Stats, coef: np.ndarray) -> np.ndarray:
     """Per output sum of squared errors of `coef` on the data behind `stats`."""
-    return stats.yy - 2.0 * np.einsum("ij,ij->j", coef, stats.xy) + np.einsum("ij,ik,kj->j", coef, stats.xx, coef)
+    return (
+        stats.yy
+        - 2.0 * np.einsum("ij,ij->j", coef, stats.xy)
+        + np.einsum("ij,ik,kj->j", coef, stats.xx, coef)
+    )
 
 
 def solve_per_output(stats: Stats, lambdas: np.ndarray) -> np.ndarray:
@@ -170,7 +179,7 @@ def fit(
     sets = [s for s in sets if s.valid.any()]
     if not sets:
         raise ValueError("no valid windows for the linear model")
-    taps = lag_taps(sets[0].feature_names)
+    taps = lag_taps(sets[0].feature_names, sets[0].window)
     mean, std = tap_stats(sets, taps)
     per_set = [set_stats(s, select_windows(s, stride), taps, mean, std) for s in sets]
     total = per_set[0]
@@ -190,7 +199,7 @@ def fit(
                 st = st + per_set[int(i)]
             fold_stats.append(st)
         cv = np.zeros((len(lam), total.xy.shape[1]))
-        for k, held in enumerate(fold_stats):
+        for held in fold_stats:
             rest = total - held
             for a, value in enumerate(lam):
                 cv[a] += _sse(held, solve(rest, float(value)))
@@ -209,7 +218,9 @@ def fit(
     return Fit(model, oof)
 
 
-def update(model: LinearModel, sets: Sequence[WindowSet], *, decay: float = 1.0, stride: int = 1) -> LinearModel:
+def update(
+    model: LinearModel, sets: Sequence[WindowSet], *, decay: float = 1.0, stride: int = 1
+) -> LinearModel:
     """The model refitted on its stored statistics (times `decay`) plus those of `sets`, same taps,
     normalisation and penalties: a fine-tune learns from every hour seen so far, not from the few at hand."""
     stats = model.stats.scaled(decay)

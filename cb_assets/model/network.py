@@ -108,7 +108,9 @@ def build_model(
     head = layers.Dense(cfg.n_outputs, name=HEAD_LAYER)(h)
     outputs = Destandardize(cfg.n_outputs, column_names=output_names, name=OUTPUT_LAYER)(head)
     if linear is not None:
-        path = LinearPath(linear.taps, cfg.window, cfg.n_features, cfg.n_outputs, clip=cfg.clip, name=LINEAR_LAYER)
+        path = LinearPath(
+            linear.taps, cfg.window, cfg.n_features, cfg.n_outputs, clip=cfg.clip, name=LINEAR_LAYER
+        )
         lin = path(inputs)
         outputs = Blend(cfg.n_outputs, name=BLEND_LAYER)([lin, outputs])
 
@@ -144,7 +146,13 @@ def linear_of(model: keras.Model) -> LinearModel:
 
     stats = Stats(f64(path.stats_xx), f64(path.stats_xy), f64(path.stats_yy), float(f64(path.stats_n)[0]))
     return LinearModel(
-        tuple(path.taps), f64(path.mean), f64(path.std), f64(path.kernel), f64(path.bias), f64(path.lambdas), stats
+        tuple(path.taps),
+        f64(path.mean),
+        f64(path.std),
+        f64(path.kernel),
+        f64(path.bias),
+        f64(path.lambdas),
+        stats,
     )
 
 

@@ -98,11 +98,23 @@ def split_gate(sets: Sequence[WindowSet], n_gate: int) -> tuple[list[WindowSet],
     for ws in sets[first_gate:]:
         head, tail = split_holdout(ws)
         if after_ns is not None:
-            head = dataclasses.replace(head, valid=head.valid & (head.anchor_times_ns >= after_ns))
+            head = dataclasses.replace(head, valid=head.valid & (head.anchor_times_ns > after_ns))
         train.append(head)
         tails.append(tail)
         after_ns = int(ws.anchor_times_ns[-1]) + EMBARGO_NS
     return train, [s for s in tails if s.valid.any()]
+
+
+def clear_of(sets: Sequence[WindowSet], tails: Sequence[WindowSet]) -> list[WindowSet]:
+    """`sets` without any window whose label could overlap a tail's (anchors within the embargo of one)."""
+    spans = [(int(t.anchor_times_ns[t.valid].min()), int(t.anchor_times_ns[t.valid].max())) for t in tails]
+    out = []
+    for s in sets:
+        keep = s.valid.copy()
+        for lo, hi in spans:
+            keep &= (s.anchor_times_ns < lo - EMBARGO_NS) | (s.anchor_times_ns > hi + EMBARGO_NS)
+        out.append(dataclasses.replace(s, valid=keep))
+    return [s for s in out if s.valid.any()]
 
 
 def residual_sets(sets: Sequence[WindowSet], lm: linear.LinearModel) -> list[WindowSet]:
@@ -131,7 +143,9 @@ def valid_forecasts(model: object, sets: Sequence[WindowSet]) -> np.ndarray:
 
 def score(model: object, ws: WindowSet) -> EvaluationReport:
     """Forecasts of `model` on the valid windows of `ws`, scored against their labels."""
-    return evaluate(np.asarray(ws.labels[ws.valid], np.float64), valid_forecasts(model, [ws]), products_of(ws))
+    return evaluate(
+        np.asarray(ws.labels[ws.valid], np.float64), valid_forecasts(model, [ws]), products_of(ws)
+    )
 
 
 def _labels(sets: Sequence[WindowSet]) -> np.ndarray:
@@ -140,7 +154,12 @@ def _labels(sets: Sequence[WindowSet]) -> np.ndarray:
 
 def _network_config(ws: WindowSet, overrides: dict) -> NetworkConfig:
     return NetworkConfig(
-        **{**overrides, "window": ws.window, "n_features": ws.features.shape[1], "n_outputs": ws.labels.shape[1]}
+        **{
+            **overrides,
+            "window": ws.window,
+            "n_features": ws.features.shape[1],
+            "n_outputs": ws.labels.shape[1],
+        }
     )
 
 
@@ -187,7 +206,9 @@ def _judge(
 def _check_tails(tails: Sequence[WindowSet]) -> int:
     n_hold = n_valid(tails)
     if n_hold < MIN_HOLDOUT_WINDOWS:
-        raise NotEnoughData(f"only {n_hold} held-out windows in the newest hours (need {MIN_HOLDOUT_WINDOWS})")
+        raise NotEnoughData(
+            f"only {n_hold} held-out windows in the newest hours (need {MIN_HOLDOUT_WINDOWS})"
+        )
     return n_hold
 
 
@@ -200,7 +221,9 @@ def train_initial(older: Sequence[WindowSet], newest: WindowSet, settings: Train
     parts, tails = split_gate([*older, newest], settings.gate_hours)
     train_sets = [s for s in parts if s.valid.any()]
     if not train_sets:
-        raise NotEnoughData("no valid training windows in the given hours (cold start, gaps or missing products)")
+        raise NotEnoughData(
+            "no valid training windows in the given hours (cold start, gaps or missing products)"
+        )
     n_hold = _check_tails(tails)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -278,7 +301,9 @@ def fine_tune_champion(
     from cb_assets.model.train import fine_tune
 
     if not has_linear(champion):
-        raise NotEnoughData("the champion is a network-only model from before the composite: train an initial one")
+        raise NotEnoughData(
+            "the champion is a network-only model from before the composite: train an initial one"
+        )
     prequential = {key: score(champion, ws) for key, ws in new_hours if ws.valid.any()}
     new_sets = [ws for _, ws in new_hours]
     n_history = max(0, settings.gate_hours - len(new_sets))
@@ -296,7 +321,7 @@ def fine_tune_champion(
     # The slice comes from the new hours only: the replay hours were the champion's training data.
     fit_sets, calibration_sets = split_calibration(train_sets, settings.calibration_fraction)
     n_train = n_valid(fit_sets)
-    replay_sets = [s for s in replay if s.valid.any()]
+    replay_sets = clear_of(replay, tails)  # replayed hours may include the history hours' tails
     challenger, result = fine_tune(
         champion,
         residual_sets(fit_sets, lm),

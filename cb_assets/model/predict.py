@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
+from cb_assets.db import model_registry as registry
 from cb_assets.db.connection import connect
 from cb_assets.db.series_store import read_frame
-from cb_assets.model import registry
 from cb_assets.series.indicators import FEATURE_NAMES
 from cb_assets.series.schema import HORIZONS_S, WINDOW_S
 

@@ -59,6 +59,7 @@ from cb_assets.series.windows import WindowSet
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class TrainResult:
     """What one training or fine-tuning run did."""
