@@ -10,6 +10,9 @@ import keras
 import numpy as np
 import pytest
 
+from cb_assets.model.baselines import merged_stats, select_windows
+from cb_assets.model.batches import WindowBatcher
+from cb_assets.model.calibration import calibration_factors, split_calibration
 from cb_assets.model.network import (
     calibration_of,
     feature_stats_of,
@@ -19,9 +22,6 @@ from cb_assets.model.network import (
     save_model,
     set_calibration,
 )
-from cb_assets.model.baselines import merged_stats, select_windows
-from cb_assets.model.batches import WindowBatcher
-from cb_assets.model.calibration import calibration_factors, split_calibration
 from cb_assets.model.settings import DEFAULT_STRIDE, WINDOWS_PER_EPOCH, auto_stride
 from cb_assets.model.train import fine_tune, new_model, train_model
 from cb_assets.series.schema import SECOND_NS
@@ -300,7 +300,9 @@ def test_pipeline_calibrates_on_training_windows_never_on_the_gates(monkeypatch:
     settings = TrainSettings(network={**net, "ff_dim": 32, "head_units": 32}, seed=0)
 
     initial = train_initial(hours[:2], hours[2], settings)
-    tuned = fine_tune_champion(initial.model, [("h4", hours[4])], hours[:3], settings, gate_history=hours[2:4])
+    tuned = fine_tune_champion(
+        initial.model, [("h4", hours[4])], hours[:3], settings, gate_history=hours[2:4]
+    )
     for name, outcome, judged in (("initial", initial, hours[:3]), ("fine_tune", tuned, hours[2:5])):
         fit, cal = seen[name]
         fit_t = np.concatenate([s.anchor_times_ns[s.valid] for s in fit])

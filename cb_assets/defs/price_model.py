@@ -10,7 +10,6 @@ is loaded by the code server that also evaluates sensors, which must stay light.
 import dagster as dg
 from pydantic import Field
 
-from cb_assets.db import model_registry as registry
 from cb_assets.defs import price_model_meta as meta
 from cb_assets.defs.resources import ArtifactStore, PostgresResource, WindowStoreResource
 from cb_assets.defs.schemas import ModelMetricsModel, column_schema
@@ -99,35 +98,17 @@ def price_model(
 
     store, settings = windows.store, config.settings()
     with postgres.connection() as conn:
-        champion, paused = registry.alias(conn), registry.fine_tuning_paused(conn)
-        done, pending, trained = (
-            registry.fine_tuned_hours(conn),
-            registry.pending_hours(conn),
-            registry.trained_hours(conn),
-        )
-    usable = (
-        champion is not None and champion.family != "network"
-    )  # network-only versions predate the composite
-    mode = config.mode if config.mode != "auto" else ("fine_tune" if usable else "initial")
-    if config.mode == "auto" and mode == "fine_tune" and paused[0]:
-        raise dg.Failure(f"fine-tuning is paused ({paused[1]}); `cb-assets models resume` to continue")
-    if mode == "fine_tune" and not usable:
-        raise dg.Failure("mode fine_tune needs a composite champion; run with mode initial (or auto) first")
+        state = meta.RegistryState.read(conn, config.family)
+    mode = state.mode_for(config.mode)
     p = meta.plan(
         mode=mode,
         requested=config.hours,
         available=store.keys(),
-        done=done,
-        pending=pending,
-        trained=trained,
+        state=state,
         initial_hours=config.initial_hours,
         replay_hours=config.replay_hours,
         gate_hours=settings.gate_hours,
     )
-    if not p.hours:
-        raise dg.Failure(
-            f"nothing to train on: stored hours {store.keys()[-3:]}..., learned {sorted(done)[-3:]}"
-        )
     try:
         if mode == "initial":
             sets = [store.load(h) for h in p.hours]
@@ -135,7 +116,9 @@ def price_model(
         else:
             new = [(h, store.load(h)) for h in p.hours]
             replay, history = [store.load(h) for h in p.replay], [store.load(h) for h in p.gate_history]
-            outcome = fine_tune_champion(load_model(champion.artifact_path), new, replay, settings, history)  # type: ignore[union-attr]
+            outcome = fine_tune_champion(
+                load_model(state.champion.artifact_path), new, replay, settings, history
+            )  # type: ignore[union-attr]
     except NotEnoughData as exc:
         raise dg.Failure(description=f"{mode} on {p.hours}: {exc}") from exc
 
@@ -144,7 +127,7 @@ def price_model(
 
     with postgres.connection() as conn, conn.transaction():
         version_id, path = meta.record(
-            conn, outcome, p, family=config.family, champion=champion, run_id=context.run_id, save=save
+            conn, outcome, p, family=config.family, champion=state.champion, run_id=context.run_id, save=save
         )
     return meta.result(
         context,
@@ -153,6 +136,6 @@ def price_model(
         family=config.family,
         version_id=version_id,
         path=path,
-        champion=champion,
-        paused=paused,
+        champion=state.champion,
+        paused=state.paused,
     )

@@ -31,15 +31,54 @@ class Plan:
     gate: list[str]  # the hours whose tails judge the version
 
 
+@dataclass(frozen=True)
+class RegistryState:
+    """What a run needs to know from the registry, read once."""
+
+    champion: registry.ModelVersion | None
+    paused: tuple[bool, str]
+    done: set[str]  # hours a promoted version learned
+    pending: list[str]  # hours only rejected fine-tunes trained on
+    trained: set[str]  # every hour some version trained on (the replay pool)
+    targeted: set[str]  # target hours of this family's fine-tunes
+
+    @classmethod
+    def read(cls, conn: object, family: str) -> RegistryState:
+        c = conn  # type: ignore[assignment]
+        return cls(
+            registry.alias(c),  # type: ignore[arg-type]
+            registry.fine_tuning_paused(c),  # type: ignore[arg-type]
+            registry.fine_tuned_hours(c),  # type: ignore[arg-type]
+            registry.pending_hours(c),  # type: ignore[arg-type]
+            registry.trained_hours(c),  # type: ignore[arg-type]
+            registry.fine_tune_targets(c, family),  # type: ignore[arg-type]
+        )
+
+    def mode_for(self, requested: str) -> str:
+        """auto: fine-tune a composite champion, else train an initial one (network-only versions predate
+        the composite and cannot be fine-tuned into one). Refuses a fine-tune while fine-tuning is paused
+        (auto is what the sensor requests; an operator's explicit mode goes through)."""
+        usable = self.champion is not None and self.champion.family != "network"
+        mode = requested if requested != "auto" else ("fine_tune" if usable else "initial")
+        if requested == "auto" and mode == "fine_tune" and self.paused[0]:
+            raise dg.Failure(
+                f"fine-tuning is paused ({self.paused[1]}); `cb-assets models resume` to continue"
+            )
+        if mode == "fine_tune" and not usable:
+            raise dg.Failure(
+                "mode fine_tune needs a composite champion; run with mode initial (or auto) first"
+            )
+        if mode not in ("initial", "fine_tune"):
+            raise dg.Failure(f"unknown mode {requested!r}: auto, initial or fine_tune")
+        return mode
+
+
 def plan(
     *,
     mode: str,
     requested: Sequence[str],
     available: Sequence[str],
-    done: set[str],
-    targeted: set[str],
-    pending: Sequence[str],
-    trained: set[str],
+    state: RegistryState,
     initial_hours: int,
     replay_hours: int,
     gate_hours: int,
@@ -47,6 +86,7 @@ def plan(
     """The hours of one run. A fine-tune never trains twice on a learned hour, and folds in the hours that
     only rejected challengers trained on (the newest `replay_hours` of them; older ones stay in the replay
     pool), so a lost comparison does not drop an hour from learning."""
+    done, targeted, pending, trained = state.done, state.targeted, state.pending, state.trained
     if requested:
         missing = [h for h in requested if h not in available]
         if missing:
@@ -56,11 +96,15 @@ def plan(
         hours = list(available)[-initial_hours:]
     else:
         hours = [h for h in available if h not in done][-1:]
+    if not hours:
+        raise dg.Failure(
+            f"nothing to train on: stored hours {list(available)[-3:]}, learned {sorted(done)[-3:]}"
+        )
     if mode != "fine_tune":
         return Plan(mode, hours, [], [], hours[-gate_hours:])
     fresh = [h for h in hours if h not in done and h not in targeted]
     if not fresh:
-        return Plan(mode, [], [], [], [])
+        raise dg.Failure(f"nothing to train on: {list(hours)} already learned or fine-tuned on")
     folded = [h for h in pending if h in available and h < fresh[0]][-replay_hours:]
     hours = sorted({*folded, *fresh})
     before = [h for h in available if h < hours[0]]

@@ -159,13 +159,16 @@ def _model(taps, mean, std, coef, lambdas, stats) -> LinearModel:  # type: ignor
 
 def fold_of(n_sets: int, folds: int = CV_FOLDS) -> np.ndarray:
     """Contiguous groups of sets (hours) as folds: neighbouring windows share most of their history."""
-    return np.minimum(np.arange(n_sets) * folds // max(n_sets, 1), folds - 1)
+    k = max(1, min(folds, n_sets))
+    return np.arange(n_sets) * k // max(n_sets, 1)
 
 
 @dataclass(frozen=True)
 class Fit:
     model: LinearModel
-    oof: list[np.ndarray]  # out-of-fold forecasts of each set's valid windows (in valid order)
+    # Out-of-fold forecasts of each set's valid windows (in valid order); None with a single fold (one set),
+    # where the only forecasts would be in-sample and no evidence at all.
+    oof: list[np.ndarray] | None
 
 
 def fit(
@@ -206,15 +209,13 @@ def fit(
         chosen = lam[np.argmin(cv, axis=0)]
         coefs_by_fold = {k: solve_per_output(total - fold_stats[k], chosen) for k in range(n_folds)}
     model = _model(taps, mean, std, solve_per_output(total, chosen), chosen, total)
+    if not coefs_by_fold:
+        return Fit(model, None)
     oof = []
     for i, s in enumerate(sets):
-        idx = np.flatnonzero(s.valid)
-        coef = coefs_by_fold.get(int(fold[i]))
-        if coef is None:
-            oof.append(model.predict(s, idx))
-        else:
-            x = model.design(s, idx)
-            oof.append((x @ coef[1:] + coef[0]).astype(np.float32))
+        x = model.design(s, np.flatnonzero(s.valid))
+        coef = coefs_by_fold[int(fold[i])]
+        oof.append((x @ coef[1:] + coef[0]).astype(np.float32))
     return Fit(model, oof)
 
 

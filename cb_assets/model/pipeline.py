@@ -250,7 +250,7 @@ def train_initial(older: Sequence[WindowSet], newest: WindowSet, settings: Train
         )
         timings["network_seconds"] = result.seconds
     start = time.perf_counter()
-    evidence = (_labels(train_sets), np.concatenate(fitted.oof))
+    evidence = None if fitted.oof is None else (_labels(train_sets), np.concatenate(fitted.oof))
     judged = _judge(
         model, lm, tails, train_sets, settings, with_network=settings.train_network, evidence=evidence
     )
