@@ -7,18 +7,20 @@ SQL lives in db/model_registry.py; here only its functions are called.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+import psycopg
 
 from cb_assets.db import model_registry as registry
 from cb_assets.defs.plots import as_markdown
 from cb_assets.defs.schemas import ModelMetricsModel, describe_failures, validate
 from cb_assets.model.evaluate import EvaluationReport, loss_curve_png, metrics_markdown
 from cb_assets.model.gate import CANDIDATES, summary
+from cb_assets.model.pipeline import Outcome
 from cb_assets.series.schema import HORIZONS_S
 
 
@@ -43,15 +45,14 @@ class RegistryState:
     targeted: set[str]  # target hours of this family's fine-tunes
 
     @classmethod
-    def read(cls, conn: object, family: str) -> RegistryState:
-        c = conn  # type: ignore[assignment]
+    def read(cls, conn: psycopg.Connection, family: str) -> RegistryState:
         return cls(
-            registry.alias(c),  # type: ignore[arg-type]
-            registry.fine_tuning_paused(c),  # type: ignore[arg-type]
-            registry.fine_tuned_hours(c),  # type: ignore[arg-type]
-            registry.pending_hours(c),  # type: ignore[arg-type]
-            registry.trained_hours(c),  # type: ignore[arg-type]
-            registry.fine_tune_targets(c, family),  # type: ignore[arg-type]
+            registry.alias(conn),
+            registry.fine_tuning_paused(conn),
+            registry.fine_tuned_hours(conn),
+            registry.pending_hours(conn),
+            registry.trained_hours(conn),
+            registry.fine_tune_targets(conn, family),
         )
 
     def mode_for(self, requested: str) -> str:
@@ -147,7 +148,7 @@ def metrics_frame(reports: dict[str, EvaluationReport]) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"horizon_s": "int64", "n": "int64"})
 
 
-def _metrics(outcome: object) -> dict:
+def _metrics(outcome: Outcome) -> dict:
     return {
         role: {
             "score": rep.score,
@@ -158,30 +159,30 @@ def _metrics(outcome: object) -> dict:
                 if r.horizon_s is not None
             ],
         }
-        for role, rep in outcome.holdout.items()  # type: ignore[attr-defined]
+        for role, rep in outcome.holdout.items()
     }
 
 
-def gate_record(outcome: object) -> dict:
-    decisions = outcome.decisions  # type: ignore[attr-defined]
+def gate_record(outcome: Outcome) -> dict:
+    decisions = outcome.decisions
     return {"outputs": [d.to_dict() for d in decisions], "summary": summary(decisions)}
 
 
 def record(
-    conn: object,
-    outcome: object,
+    conn: psycopg.Connection,
+    outcome: Outcome,
     p: Plan,
     *,
     family: str,
     champion: registry.ModelVersion | None,
     run_id: str,
-    save: object,
+    save: Callable[[int], str],
 ) -> tuple[int, str]:
     """Register the version, save its artifact (`save(version_id) -> path`), move the alias if the gate
     promoted it, and record the prequential and held-out evaluations. One transaction: all or nothing."""
     parent = champion.id if (champion and p.mode == "fine_tune") else None
     version_id = registry.register(
-        conn,  # type: ignore[arg-type]
+        conn,
         kind=p.mode,
         family=family,
         parent_id=parent,
@@ -189,47 +190,47 @@ def record(
         replay_partitions=p.replay,
         gate_partitions=p.gate,
         target_hour=p.hours[-1] if p.mode == "fine_tune" else None,
-        metrics=json_safe(_metrics(outcome)),  # type: ignore[arg-type]
-        gate=json_safe(gate_record(outcome)),  # type: ignore[arg-type]
+        metrics=json_safe(_metrics(outcome)),
+        gate=json_safe(gate_record(outcome)),
         artifact_path="",
-        status="promoted" if outcome.promote else "rejected",  # type: ignore[attr-defined]
-        decision_reason=outcome.reason,  # type: ignore[attr-defined]
+        status="promoted" if outcome.promote else "rejected",
+        decision_reason=outcome.reason,
         dagster_run_id=run_id,
     )
-    path = str(save(version_id))  # type: ignore[operator]
-    registry.set_artifact_path(conn, version_id, path)  # type: ignore[arg-type]
-    if outcome.promote:  # type: ignore[attr-defined]
-        registry.set_alias(conn, version_id, outcome.reason)  # type: ignore[arg-type, attr-defined]
-    for key, rep in outcome.prequential.items():  # type: ignore[attr-defined]
+    path = save(version_id)
+    registry.set_artifact_path(conn, version_id, path)
+    if outcome.promote:
+        registry.set_alias(conn, version_id, outcome.reason)
+    for key, rep in outcome.prequential.items():
         registry.record_evaluation(
-            conn,  # type: ignore[arg-type]
+            conn,
             version_id=champion.id if champion else None,
             partition_key=key,
             role="champion",
             scope="full_hour",
-            score=json_safe(rep.score),  # type: ignore[arg-type]
-            metrics=json_safe({"rows": rep.to_records()}),  # type: ignore[arg-type]
+            score=json_safe(rep.score),
+            metrics=json_safe({"rows": rep.to_records()}),
         )
-    for role, rep in outcome.holdout.items():  # type: ignore[attr-defined]
+    for role, rep in outcome.holdout.items():
         owner = {"challenger": version_id, "champion": champion.id if champion else None}.get(role)
         registry.record_evaluation(
-            conn,  # type: ignore[arg-type]
+            conn,
             version_id=owner,
             partition_key=p.hours[-1],
             role=role,
             scope="holdout",
-            score=json_safe(rep.score),  # type: ignore[arg-type]
-            metrics=json_safe({"rows": rep.to_records()}),  # type: ignore[arg-type]
+            score=json_safe(rep.score),
+            metrics=json_safe({"rows": rep.to_records()}),
         )
     return version_id, path
 
 
-def gate_markdown(outcome: object) -> str:
+def gate_markdown(outcome: Outcome) -> str:
     lines = [
         "| output | serves | t linear | t network | skill linear | skill network |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for d in outcome.decisions:  # type: ignore[attr-defined]
+    for d in outcome.decisions:
         t_net = "n/a" if not math.isfinite(d.t_network) else f"{d.t_network:.1f}"
         net = d.skill.get("network", float("nan"))
         lines.append(
@@ -241,7 +242,7 @@ def gate_markdown(outcome: object) -> str:
 
 def result(
     context: dg.AssetExecutionContext,
-    outcome: object,
+    outcome: Outcome,
     p: Plan,
     *,
     family: str,
@@ -251,25 +252,25 @@ def result(
     paused: tuple[bool, str],
 ) -> dg.MaterializeResult:
     """The materialisation: version, gate and held-out figures as metadata, plus the asset checks."""
-    frame = metrics_frame(outcome.holdout)  # type: ignore[attr-defined]
+    frame = metrics_frame(outcome.holdout)
     errors = validate(ModelMetricsModel, frame)
     if errors is not None:
         context.log.warning("metrics frame fails its schema: %s", describe_failures(errors))
-    challenger: EvaluationReport = outcome.holdout["challenger"]  # type: ignore[attr-defined]
-    chosen = summary(outcome.decisions)  # type: ignore[attr-defined]
+    challenger: EvaluationReport = outcome.holdout["challenger"]
+    chosen = summary(outcome.decisions)
     meta: dict[str, object] = {
         "version_id": version_id,
         "family": family,
         "parent_version_id": champion.id if (champion and p.mode == "fine_tune") else -1,
         "mode": p.mode,
-        "promoted": outcome.promote,  # type: ignore[attr-defined]
-        "decision": outcome.reason,  # type: ignore[attr-defined]
-        "champion_version_id": version_id if outcome.promote else (champion.id if champion else -1),  # type: ignore[attr-defined]
+        "promoted": outcome.promote,
+        "decision": outcome.reason,
+        "champion_version_id": version_id if outcome.promote else (champion.id if champion else -1),
         "trained_hours": dg.MetadataValue.json(p.hours),
         "replay_hours": dg.MetadataValue.json(p.replay),
         "gate_history_hours": dg.MetadataValue.json(p.gate_history),
-        "train_windows": outcome.n_train_windows,  # type: ignore[attr-defined]
-        "holdout_windows": outcome.n_holdout_windows,  # type: ignore[attr-defined]
+        "train_windows": outcome.n_train_windows,
+        "holdout_windows": outcome.n_holdout_windows,
         "fine_tuning_paused": paused[0],
         "fine_tuning_paused_reason": paused[1],
         "artifact": dg.MetadataValue.path(path),
@@ -278,21 +279,21 @@ def result(
         "holdout_metrics": dg.MetadataValue.md(
             "\n\n".join(
                 f"**{role}**\n\n{metrics_markdown(rep, per_output=role == 'challenger')}"
-                for role, rep in outcome.holdout.items()  # type: ignore[attr-defined]
+                for role, rep in outcome.holdout.items()
             )
         ),
         **{f"outputs_{c}": len(chosen[c]) for c in CANDIDATES},
-        **{f"{k}": float(v) for k, v in outcome.timings.items()},  # type: ignore[attr-defined]
+        **{f"{k}": float(v) for k, v in outcome.timings.items()},
     }
-    for role, rep in outcome.holdout.items():  # type: ignore[attr-defined]
+    for role, rep in outcome.holdout.items():
         meta[f"{role}_score"] = float(rep.score) if math.isfinite(rep.score) else float("nan")
-    for key, rep in outcome.prequential.items():  # type: ignore[attr-defined]
+    for key, rep in outcome.prequential.items():
         meta["champion_prequential_score"] = float(rep.score)
         meta["prequential_hour"] = key
     for r in challenger.aggregates:
         if r.horizon_s in HORIZONS_S:
             meta[f"skill_{r.horizon_s}s"] = float(r.skill)
-    tr = outcome.train_result  # type: ignore[attr-defined]
+    tr = outcome.train_result
     if tr is not None:
         per_epoch = max(1, tr.steps // max(1, len(tr.epoch_losses)))
         png = loss_curve_png(

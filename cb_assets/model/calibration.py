@@ -20,8 +20,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from cb_assets.model.baselines import select_windows
-from cb_assets.model.batches import WindowBatcher, index_pairs, n_valid
+from cb_assets.model.baselines import n_valid, select_windows
+from cb_assets.model.batches import WindowBatcher, index_pairs
 from cb_assets.model.network import calibration_of, predict_returns, set_calibration
 from cb_assets.model.settings import CALIBRATION_FRACTION
 from cb_assets.series.schema import HORIZONS_S, SECOND_NS

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cb_assets.model import gate, linear
-from cb_assets.model.baselines import RidgeBaseline
-from cb_assets.model.batches import n_valid
+from cb_assets.model.baselines import RidgeBaseline, n_valid
 from cb_assets.model.evaluate import EvaluationReport, compare, evaluate, output_keys
 from cb_assets.model.settings import HOLDOUT_FRACTION, NetworkConfig, TrainSettings
 from cb_assets.series.schema import HORIZONS_S, SECOND_NS
