@@ -280,7 +280,7 @@ def test_pipeline_calibrates_on_training_windows_never_on_the_gates(monkeypatch:
     windows, 200 s clear of them, and no training or calibration window comes within 200 s of any of the
     gate's held-out tails (the newest `gate_hours` hours'), the replayed ones included."""
     import cb_assets.model.train as train
-    from cb_assets.model.pipeline import fine_tune_champion, split_gate, train_initial
+    from cb_assets.model.pipeline import fine_tune_champion, split_gate, thin, train_initial
     from cb_assets.model.settings import TrainSettings
 
     seen: dict[str, tuple[list[WindowSet], list[WindowSet]]] = {}
@@ -315,7 +315,10 @@ def test_pipeline_calibrates_on_training_windows_never_on_the_gates(monkeypatch:
             lo, hi = tail.anchor_times_ns[tail.valid].min(), tail.anchor_times_ns[tail.valid].max()
             for t in (fit_t, cal_t):
                 assert not ((t >= lo - 200 * SECOND_NS) & (t <= hi + 200 * SECOND_NS)).any()
-        assert sum(int(t.valid.sum()) for t in tails) == outcome.n_holdout_windows  # the gate judges them all
+        # The gate judges every tail, thinned to one window every `score_stride` seconds.
+        assert (
+            sum(int(thin(t, settings.score_stride).valid.sum()) for t in tails) == outcome.n_holdout_windows
+        )
         assert outcome.train_result.extra["calibration_windows"] > 0
     # A fine-tune's slice comes from its new hour only (the replay hours were the champion's training data).
     assert cal_t.min() >= hours[4].anchor_times_ns[0]

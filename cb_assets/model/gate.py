@@ -10,7 +10,7 @@ A more complex candidate replaces a simpler one only when its squared-error loss
 Diebold-Mariano statistic above `t_min` on the pooled held-out windows. The long-run variance of the loss
 differential comes from batch means over blocks of 2 x the horizon (at least 20 windows): neighbouring
 windows' labels overlap (one per second, horizons of 10-200 s), so the windows are far from independent;
-a 200 s output of three held-out tails holds only ~16 blocks, and it takes a large, consistent gain to
+a 200 s output of three held-out tails holds only ~8 blocks, and it takes a large, consistent gain to
 pass. With fewer than MIN_BLOCKS blocks nothing passes.
 
 A fine-tune starts from the champion's decisions (`prior`) and moves an output only on significant
@@ -88,18 +88,20 @@ def decide(
     linear_evidence: tuple[np.ndarray, np.ndarray] | None = None,
     prior: Mapping[str, str] | None = None,
     horizons: Sequence[int] = HORIZONS_S,
+    spacing_s: int = 1,
 ) -> list[Decision]:
     """One decision per output from forecasts on the same held-out windows (rows in time order).
 
     `linear_evidence` = (labels, forecasts) of extra windows the linear model never trained on (its
     out-of-fold forecasts): the linear-vs-persistence test pools them with the held-out windows.
-    `prior` (output -> choice) is kept unless the evidence is significant against it.
+    `prior` (output -> choice) is kept unless the evidence is significant against it. `spacing_s`: seconds
+    between consecutive rows (scored windows may be thinned), so that blocks span the same time.
     """
     y = np.asarray(labels, np.float64)
     out = []
     for j, (product, h) in enumerate(output_keys(products, horizons)):
         name = f"{product}:{h}"
-        block = block_size(h)
+        block = -(-block_size(h) // max(1, spacing_s))
         yj, lj = y[:, j], np.asarray(linear[:, j], np.float64)
         ey, el = (yj, lj) if linear_evidence is None else _pooled(yj, lj, linear_evidence, j)
         t_lin, _ = dm_statistic(ey**2, (ey - el) ** 2, block)

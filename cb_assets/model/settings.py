@@ -34,6 +34,10 @@ CALIBRATION_FRACTION = 0.2
 GATE_HOURS = 3
 HOLDOUT_FRACTION = 1 / 3
 GATE_T = 2.0  # Diebold-Mariano t a more complex forecast must reach to replace a simpler one
+# Held-out and prequential windows are scored every SCORE_STRIDE seconds (pipeline.thin): the network's
+# inference is most of a fine-tune otherwise (bench/model.py: 61 s with every window, 29 s with every 4th,
+# target 30 s).
+SCORE_STRIDE = 5
 # A fine-tune keeps the linear model's statistics of earlier hours at this weight per fine-tune (~a day's
 # half-life), so it follows a slowly changing market without forgetting what one hour cannot show.
 LINEAR_DECAY = 0.97
@@ -112,6 +116,7 @@ class TrainSettings:
     calibration_fraction: float = CALIBRATION_FRACTION
     gate_hours: int = GATE_HOURS
     gate_t: float = GATE_T
+    score_stride: int = SCORE_STRIDE
     linear_decay: float = LINEAR_DECAY
     # False: a linear-only version (no network is trained; the gate picks linear or persistence)
     train_network: bool = True
