@@ -39,10 +39,10 @@ from bench_services import kafka_bootstrap, postgres_server
 from confluent_kafka import Producer
 
 from cb_assets.config import DEFAULT_PRODUCTS
+from cb_assets.db import model_registry as registry
 from cb_assets.db.connection import connect
 from cb_assets.feed.seed import rows_from_simulation, write_rows
 from cb_assets.feed.simulate import simulate_ticks
-from cb_assets.model import registry
 from cb_assets.model.experiment import series_for, window_sets
 from cb_assets.stack.procs import free_port
 from cb_assets.stream.topics import ensure_topic

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from cb_assets.config import Settings
+from cb_assets.db import model_registry as registry
 from cb_assets.db.connection import connect
-from cb_assets.model import registry
 from cb_assets.model.experiment import series_for, window_sets
 from cb_assets.series.schema import HOUR_S, SECOND_NS
 from cb_assets.series.windows import ColumnStats

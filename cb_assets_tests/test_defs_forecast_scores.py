@@ -10,10 +10,10 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from cb_assets.db import model_registry as registry
 from cb_assets.db.connection import connect
 from cb_assets.defs.forecast_scores import forecast_scores
 from cb_assets.defs.resources import resources_for
-from cb_assets.model import registry
 from cb_assets_tests.forecast_support import ledger_version, seed_scored_ledger
 
 HOUR = datetime(2024, 3, 1, 12, tzinfo=UTC)

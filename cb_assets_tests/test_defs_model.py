@@ -12,10 +12,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from cb_assets.db import model_registry as registry
 from cb_assets.db.connection import connect
 from cb_assets.defs.sensors import SensorCursor, raw_ticks_sensor
 from cb_assets.feed.seed import simulate_rows, write_rows
-from cb_assets.model import registry
 from cb_assets.series.clock import newest_complete_hour
 from cb_assets_tests.assets_support import (
     ASSET_NAMES,
@@ -74,6 +74,7 @@ def test_initial_training_then_fine_tune_with_registry(platform, instance) -> No
     assert first.success, first.all_events
     meta = first.get_asset_materialization_events()[0].materialization.metadata
     assert meta["mode"].value == "initial" and meta["promoted"].value is True
+    assert meta["family"].value == "composite" and "gate" in meta
     v1 = meta["version_id"].value
     for key in (
         "skill_10s",
@@ -112,15 +113,105 @@ def test_initial_training_then_fine_tune_with_registry(platform, instance) -> No
             ("champion", "full_hour"),
             ("champion", "holdout"),
             ("challenger", "holdout"),
+            ("network", "holdout"),
+            ("linear", "holdout"),
             ("ridge", "holdout"),
             ("persistence", "holdout"),
         }
+        # One decision per output, kept with the version; the gate judged the tails of the newest hours.
+        assert len(v2.gate["outputs"]) == 4 * len(PRODUCTS) and v2.family == "composite"
+        assert v2.gate_partitions == [H[1], H[2], H[3]]
+    assert meta2["gate_history_hours"].value == [H[1], H[2]]
+    assert sum(meta2[f"outputs_{c}"].value for c in ("network", "linear", "persistence")) == 4 * len(PRODUCTS)
 
     # The same hour is never fine-tuned twice.
     again = _train(res, instance, mode="fine_tune", hours=[H[3]])
     assert not again.success
     failure = next(e for e in again.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     assert "nothing to train on" in failure.step_failure_data.error.message
+
+
+def test_models_commands_list_promote_rollback_pause_resume(platform, instance, monkeypatch, capsys) -> None:
+    """Runs after the training test: operators see the versions and move the champion with a reason;
+    pausing stops sensor-style (mode auto) fine-tunes and the asset says so; resume lifts it."""
+    url, res, _ = platform
+    from cb_assets.cli import main
+
+    monkeypatch.setenv("CB_DATABASE_URL", url)
+    with connect(url) as conn:
+        first, second = sorted(v.id for v in registry.versions(conn))[:2]
+        champion = registry.alias(conn).id
+    assert main(["models", "list", "--gate"]) == 0
+    out = capsys.readouterr().out
+    assert f"* {champion:>4} " in out and "fine-tuning: running" in out and "per output" in out
+    other = first if champion == second else second
+    assert main(["models", "promote", str(other), "--reason", "operator test"]) == 0
+    with connect(url) as conn:
+        assert registry.alias(conn).id == other
+        change = registry.alias_history(conn, limit=1)[0]
+        assert (change.action, change.reason, change.previous_version_id) == (
+            "promote",
+            "operator test",
+            champion,
+        )
+    assert main(["models", "rollback", "--reason", "back again"]) == 0
+    with connect(url) as conn:
+        assert registry.alias(conn).id == champion
+        assert registry.alias_history(conn, limit=1)[0].action == "rollback"
+    assert main(["models", "promote", "999999", "--reason", "x"]) == 1  # no such version: refused
+
+    assert main(["models", "pause", "--reason", "bad feed day"]) == 0
+    with connect(url) as conn:
+        assert registry.fine_tuning_paused(conn) == (True, "bad feed day")
+    paused = _train(res, instance, mode="auto")
+    assert not paused.success
+    failure = next(e for e in paused.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "paused (bad feed day)" in failure.step_failure_data.error.message
+    assert main(["models", "list"]) == 0
+    assert "PAUSED (bad feed day)" in capsys.readouterr().out
+    assert main(["models", "resume"]) == 0
+    with connect(url) as conn:
+        assert registry.fine_tuning_paused(conn)[0] is False
+
+
+def test_rejected_hours_stay_pending_until_a_promoted_version_learns_them(make_database) -> None:
+    url = make_database()
+    common = {"metrics": {}, "artifact_path": "x.keras", "decision_reason": "test", "family": "composite"}
+    with connect(url) as conn:
+        v1 = registry.register(
+            conn,
+            kind="initial",
+            parent_id=None,
+            partitions=[H[0], H[1]],
+            target_hour=None,
+            status="promoted",
+            **common,
+        )
+        registry.set_alias(conn, v1, "first")
+        registry.register(
+            conn,
+            kind="fine_tune",
+            parent_id=v1,
+            partitions=[H[2]],
+            target_hour=H[2],
+            status="rejected",
+            **common,
+        )
+        assert registry.fine_tuned_hours(conn) == {H[0], H[1]}
+        assert registry.pending_hours(conn) == [H[2]] and H[2] in registry.trained_hours(conn)
+        assert registry.fine_tune_targets(conn) == {H[2]}
+        v3 = registry.register(
+            conn,
+            kind="fine_tune",
+            parent_id=v1,
+            partitions=[H[2], H[3]],
+            target_hour=H[3],
+            status="promoted",
+            **common,
+        )
+        registry.set_alias(conn, v3, "learned both")
+        assert registry.pending_hours(conn) == []
+        assert registry.fine_tuned_hours(conn) == set(H)
 
 
 def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:

@@ -14,19 +14,16 @@ hours (24 is the newest: `train_initial` holds out its last third behind a 200 s
 hour nothing was trained on. The held-out windows are 24's tail plus all of 25 (~4,600 windows, ~230
 independent 20 s returns); scoring on the tail alone (~55 independent returns) made the ratio much noisier.
 
-Why a whole day of training hours: with 5 training hours the network memorised them (training loss on
-standardised labels 0.54 after 3 epochs, every held-out output negative, ETH-USD 20 s skill -0.19 against
-an oracle 0.39, while ridge reached 0.30); with 24 hours and a large stride (the same number of steps
-spread over many more distinct windows) it learns the relation instead. The defaults now do this
-(`initial_hours` 24, `auto_stride`: stride 3 here, one epoch) and calibrate every output on the newest
-fifth of the training windows, which the optimiser never sees: outputs with nothing to predict get a
-factor ~0 (persistence) instead of a forecast spread that costs skill, the planted output keeps ~0.8.
+Why a whole day of training hours: with 5 training hours the network alone memorised them (every held-out
+output negative, ETH-USD 20 s skill -0.19 against an oracle 0.39); with 24 hours and a large stride it
+learned the relation, but its skill depended on the seed (0.23, 0.01, 0.20, 0.28 for seeds 0..3) and it
+trailed the anchor-row ridge (0.30).
 
-Measured with the defaults (the 6 newest hours, stride 2, no calibration before): planted output 0.16 ->
-0.23 (oracle 0.38), mean over all outputs -0.17 -> +0.04; without the relation -0.46 -> 0.00. The planted
-skill depends on the seed: seeds 0..3 gave 0.23, 0.01, 0.20, 0.28. With seed 1 the forecast kept its
-correlation with the outcome (0.43) but drifted away from zero over the held-out hours (mean 2.6e-4, half
-a label's spread), which no per-output scale fitted earlier can undo.
+The champion is now the composite (pipeline.py): a linear model on lagged window values (it rebuilds the
+leader's 20 s return from 1 s and 5 s returns, reaching the oracle), a network on its residuals, and a
+per-output gate that serves persistence wherever neither beats it significantly on the tails of the newest
+three hours. Measured here: planted output 0.39 against an oracle ~0.38, every other output 0 (persistence);
+without the relation every output 0.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ from cb_assets.model.experiment import (
     skill_table,
     window_sets,
 )
-from cb_assets.model.pipeline import TrainSettings
+from cb_assets.model.settings import TrainSettings
 from cb_assets.series.schema import HORIZONS_S, SECOND_NS
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
@@ -149,24 +146,17 @@ def test_network_learns_the_planted_lead_lag(with_signal: Market) -> None:
     assert result.n_heldout_windows > 4000
     assert observed_oracle > 0.25, "the planted relation should be clearly predictable from the ticks"
     assert reports["challenger"].n_nonfinite_predictions == 0
-    assert skill >= 0.3 * observed_oracle, (skill, observed_oracle)
-    # The leader's and the bystander's own futures are unpredictable: calibrated, they cost (almost) nothing.
+    assert skill >= 0.8 * observed_oracle, (skill, observed_oracle)
+    assert skill >= reports["ridge"].row(*PLANTED).skill - 0.01
+    # The leader's and the bystander's own futures are unpredictable: the gate serves persistence there.
     bystanders = [r.skill for r in reports["challenger"].rows if r.product != LEAD_LAG.follower]
-    assert min(bystanders) > -0.02, bystanders
+    assert min(bystanders) >= -0.005, bystanders
 
 
 def test_network_finds_nothing_without_the_signal(without_signal: Market) -> None:
-    """Same market without the relation: the same output must stay near zero.
-
-    |skill| < 0.05: a model that learned nothing real is scored by how much its forecasts wander,
-    skill ~ -var(forecast) / E[label^2], so 0.05 allows forecasts up to ~22% of the label's spread; a
-    network that had fitted noise in the training hours breaks it (trained on 5 hours instead of 24, it
-    scored -0.09 on this output of this market),
-    and a spurious positive skill of 0.05 would be ~15% of the signal case's oracle.
-
-    The mean over all 12 outputs must not be below -0.01: that is what the calibration is for (uncalibrated,
-    the defaults of the time scored -0.46 here, and the quarter-width network of an earlier version -0.02).
-    """
+    """Same market without the relation: every output of the champion within 0.005 of persistence (the
+    network alone, calibrated, scored -0.46 to 0.00 here over the versions of the time; the gate serves
+    persistence unless a candidate beats it significantly on the newest hours' tails)."""
     reports = without_signal.result.reports
     skill = reports["challenger"].row(*PLANTED).skill
     print(
@@ -176,5 +166,5 @@ def test_network_finds_nothing_without_the_signal(without_signal: Market) -> Non
     )
     print(skill_table(reports))
     assert reports["challenger"].n_nonfinite_predictions == 0
-    assert abs(skill) < 0.05, skill
-    assert reports["challenger"].row(ALL, None).skill > -0.01
+    assert abs(skill) <= 0.005, skill
+    assert min(r.skill for r in reports["challenger"].rows) >= -0.005

@@ -117,7 +117,7 @@ def test_windows_end_at_the_anchor_and_features_stop_there() -> None:
 
 def tiny_config(window: int = 32, dropout: float = 0.1, **kw: object) -> object:
     """A network small enough to train in seconds on the synthetic sets (imports TensorFlow lazily)."""
-    from cb_assets.model.network import NetworkConfig
+    from cb_assets.model.settings import NetworkConfig
 
     base: dict[str, object] = dict(
         window=window,

@@ -10,6 +10,9 @@ import keras
 import numpy as np
 import pytest
 
+from cb_assets.model.baselines import merged_stats, select_windows
+from cb_assets.model.batches import WindowBatcher
+from cb_assets.model.calibration import calibration_factors, split_calibration
 from cb_assets.model.network import (
     calibration_of,
     feature_stats_of,
@@ -19,19 +22,8 @@ from cb_assets.model.network import (
     save_model,
     set_calibration,
 )
-from cb_assets.model.train import (
-    DEFAULT_STRIDE,
-    WINDOWS_PER_EPOCH,
-    WindowBatcher,
-    auto_stride,
-    calibration_factors,
-    fine_tune,
-    merged_stats,
-    new_model,
-    select_windows,
-    split_calibration,
-    train_model,
-)
+from cb_assets.model.settings import DEFAULT_STRIDE, WINDOWS_PER_EPOCH, auto_stride
+from cb_assets.model.train import fine_tune, new_model, train_model
 from cb_assets.series.schema import SECOND_NS
 from cb_assets.series.windows import WindowSet
 from cb_assets_tests.test_model_synthetic import synthetic_set, tiny_config
@@ -285,39 +277,51 @@ def test_fine_tune_recalibrates_on_its_own_slice_or_keeps_the_champions_factors(
 
 def test_pipeline_calibrates_on_training_windows_never_on_the_gates(monkeypatch: pytest.MonkeyPatch) -> None:
     """train_initial and fine_tune_champion: the calibration slice is the newest part of the training
-    windows, 200 s clear of them, and ends 200 s before the promotion gate's held-out tail begins."""
+    windows, 200 s clear of them, and no training or calibration window comes within 200 s of any of the
+    gate's held-out tails (the newest `gate_hours` hours'), the replayed ones included."""
     import cb_assets.model.train as train
-    from cb_assets.model.pipeline import TrainSettings, fine_tune_champion, split_holdout, train_initial
+    from cb_assets.model.pipeline import fine_tune_champion, split_gate, thin, train_initial
+    from cb_assets.model.settings import TrainSettings
 
     seen: dict[str, tuple[list[WindowSet], list[WindowSet]]] = {}
 
     def spy(name: str, fn: object) -> object:
         def wrapped(model: object, sets: list[WindowSet], *args: object, **kw: object) -> object:
-            seen[name] = (list(sets), list(kw["calibration_sets"]))
+            replay = list(args[0]) if args else []
+            seen[name] = ([*sets, *replay], list(kw["calibration_sets"]))
             return fn(model, sets, *args, **kw)
 
         return wrapped
 
     monkeypatch.setattr(train, "train_model", spy("initial", train.train_model))
     monkeypatch.setattr(train, "fine_tune", spy("fine_tune", train.fine_tune))
-    hours = [_later(synthetic_set(900, seed=20 + k, window=16).ws, 900 * k) for k in range(4)]
+    hours = [_later(synthetic_set(1200, seed=20 + k, window=16).ws, 1200 * k) for k in range(5)]
     net = {"conv_filters": (16,), "conv_kernels": (4,), "conv_strides": (4,), "d_model": 16, "heads": 2}
     settings = TrainSettings(network={**net, "ff_dim": 32, "head_units": 32}, seed=0)
 
     initial = train_initial(hours[:2], hours[2], settings)
-    tuned = fine_tune_champion(initial.model, [("h3", hours[3])], hours[:3], settings)
-    for name, outcome, newest in (("initial", initial, hours[2]), ("fine_tune", tuned, hours[3])):
+    tuned = fine_tune_champion(
+        initial.model, [("h4", hours[4])], hours[:3], settings, gate_history=hours[2:4]
+    )
+    for name, outcome, judged in (("initial", initial, hours[:3]), ("fine_tune", tuned, hours[2:5])):
         fit, cal = seen[name]
         fit_t = np.concatenate([s.anchor_times_ns[s.valid] for s in fit])
         cal_t = np.concatenate([s.anchor_times_ns[s.valid] for s in cal])
-        tail_t = split_holdout(newest)[1].anchor_times_ns[split_holdout(newest)[1].valid]
-        assert outcome.n_calibration_windows == len(cal_t) > 0 and outcome.n_train_windows == len(fit_t)
+        _, tails = split_gate(judged, settings.gate_hours)
+        assert len(tails) == 3
+        assert outcome.n_calibration_windows == len(cal_t) > 0
         assert fit_t.max() < cal_t.min() - 200 * SECOND_NS
-        assert cal_t.max() < tail_t.min() - 200 * SECOND_NS
-        assert len(tail_t) == outcome.n_holdout_windows  # the gate still judges the whole tail
+        for tail in tails:
+            lo, hi = tail.anchor_times_ns[tail.valid].min(), tail.anchor_times_ns[tail.valid].max()
+            for t in (fit_t, cal_t):
+                assert not ((t >= lo - 200 * SECOND_NS) & (t <= hi + 200 * SECOND_NS)).any()
+        # The gate judges every tail, thinned to one window every `score_stride` seconds.
+        assert (
+            sum(int(thin(t, settings.score_stride).valid.sum()) for t in tails) == outcome.n_holdout_windows
+        )
         assert outcome.train_result.extra["calibration_windows"] > 0
     # A fine-tune's slice comes from its new hour only (the replay hours were the champion's training data).
-    assert cal_t.min() >= hours[3].anchor_times_ns[0]
+    assert cal_t.min() >= hours[4].anchor_times_ns[0]
 
 
 def test_holdout_split_keeps_the_tail_out_of_the_normalisation_statistics() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from cb_assets.db import model_registry as registry
 from cb_assets.db.connection import connect
 from cb_assets.feed.seed import simulate_rows, write_rows
-from cb_assets.model import registry
 from cb_assets_tests.dagster_dev_support import DagsterDev, dagster_dev
 from cb_assets_tests.forecast_support import ledger_version, seed_scored_ledger
 

@@ -18,7 +18,7 @@ CODE_VERSIONS: dict[str, str] = {
     "filled_series": "2",
     "indicators": "2",
     "training_windows": "2",
-    "price_model": "2",
+    "price_model": "3",
     "forecast_scores": "1",
 }
 
@@ -48,7 +48,7 @@ DIGESTS: dict[str, str] = {
     "filled_series": "3606c56852f0a179",
     "indicators": "2fd37ee83187dc85",
     "training_windows": "efe38d8da5bbdb97",
-    "price_model": "d9d7b135077ebfae",
+    "price_model": "8bead1f9a5a02b3e",
     "forecast_scores": "2aeebad87f9db29d",
 }
 

@@ -14,6 +14,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from cb_assets.db import model_registry as registry
 from cb_assets.db.forecast_store import ledger_rows, replace_scores, scores_between, skips_between
 from cb_assets.defs.code_versions import CODE_VERSIONS
 from cb_assets.defs.partitions import hourly_partitions, hours_in
@@ -23,7 +24,6 @@ from cb_assets.defs.resources import PostgresResource
 from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import ForecastScoresModel, column_schema, describe_failures, validate
 from cb_assets.forecast.scoring import loss_differential_t, pooled_skill, score_rows
-from cb_assets.model import registry
 from cb_assets.series.clock import HOUR, partition_key
 
 FORECAST_SCORES = dg.AssetKey("forecast_scores")

@@ -17,12 +17,12 @@ import dagster as dg
 from cb_assets.automation.alerts import alert
 from cb_assets.config import load_settings
 from cb_assets.db import hour_runs_store
+from cb_assets.db import model_registry as registry
 from cb_assets.db.raw_store import newest_tick, newest_tick_detail
 from cb_assets.defs.price_model import PRICE_MODEL
 from cb_assets.defs.raw_ticks import RAW_TICKS
 from cb_assets.defs.resources import PostgresResource
 from cb_assets.defs.training_windows import TRAINING_WINDOWS
-from cb_assets.model import registry
 from cb_assets.series.clock import HOUR, hour_start, partition_key
 
 LIVE_MAX_AGE = timedelta(minutes=2)

@@ -23,7 +23,7 @@ from cb_assets.automation.planner import (
     plan_fine_tune,
 )
 from cb_assets.config import load_settings
-from cb_assets.db import hour_runs_store
+from cb_assets.db import hour_runs_store, model_registry
 from cb_assets.db.raw_store import raw_clock
 from cb_assets.defs.jobs import fine_tune_job, forecast_scores_job, hourly_assets_job
 from cb_assets.defs.partitions import hourly_partitions
@@ -150,6 +150,7 @@ def raw_ticks_sensor(
         if clock.newest_tick is None:
             return dg.SkipReason("raw_ticks is empty: no feed has delivered ticks yet")
         open_hours = hour_runs_store.open_hours(conn)
+        paused, paused_why = model_registry.fine_tuning_paused(conn)
         earliest = max(floor_hour(clock.first_tick), floor_hour(hourly_partitions.start))
         store = windows.store
         chain = plan_chain(
@@ -190,6 +191,7 @@ def raw_ticks_sensor(
         hour_state=states.get,
         valid_windows=lambda h: store.valid_count(partition_key(h)),
         min_valid_windows=MIN_VALID_WINDOWS,
+        paused=paused,
     )
     cursor.set_fine_tune(tune.cursor)
     if tune.passed_over:
@@ -216,6 +218,7 @@ def raw_ticks_sensor(
                 f"{cursor.requested_through}, fine-tuned through {cursor.fine_tuned_through}"
                 + (f", fine-tune {cursor.fine_tune_inflight} in flight" if cursor.fine_tune_inflight else "")
                 + (f", {skipped} hours skipped" if skipped else "")
+                + (f"; fine-tuning paused ({paused_why})" if paused else "")
             ),
             cursor=cursor.dump(),
         )

@@ -31,6 +31,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cb_assets.config import Settings
+from cb_assets.db import model_registry as registry
 from cb_assets.db.connection import connect
 from cb_assets.db.forecast_store import LedgerRow, add_skips, drop_summarised, score_due, write_status
 from cb_assets.db.raw_store import raw_clock, read_raw_ticks
@@ -38,7 +39,6 @@ from cb_assets.forecast import guards
 from cb_assets.forecast.engine import LiveEngine
 from cb_assets.forecast.ledger import LedgerWriter
 from cb_assets.forecast.server import ForecastHub, HttpServer
-from cb_assets.model import registry
 from cb_assets.series.clock import HOUR
 from cb_assets.series.hourly import ticks_by_product
 from cb_assets.series.schema import HORIZONS_S, HOUR_S, SECOND_NS

@@ -38,6 +38,11 @@ def merged_stats(sets: Sequence[WindowSet]) -> tuple[ColumnStats, ColumnStats]:
     return fs, ls
 
 
+def n_valid(sets: Sequence[WindowSet]) -> int:
+    """Valid windows over all `sets`."""
+    return int(sum(int(np.count_nonzero(s.valid)) for s in sets))
+
+
 def select_windows(ws: WindowSet, stride: int = 1, offset: int = 0) -> np.ndarray:
     """Indices of every `stride`-th valid window of `ws`, starting at the `offset`-th valid one."""
     if stride < 1:

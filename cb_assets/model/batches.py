@@ -19,10 +19,6 @@ def index_pairs(set_id: int, idx: np.ndarray) -> np.ndarray:
     return np.stack([np.full(idx.shape, set_id, np.int64), idx.astype(np.int64)], axis=1)
 
 
-def n_valid(sets: Sequence[WindowSet]) -> int:
-    return int(sum(int(np.count_nonzero(s.valid)) for s in sets))
-
-
 class WindowBatcher:
     """Copies batches of windows out of several WindowSets, given (set, window) index pairs.
 

@@ -20,17 +20,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from cb_assets.model.baselines import select_windows
-from cb_assets.model.batches import WindowBatcher, index_pairs, n_valid
+from cb_assets.model.baselines import n_valid, select_windows
+from cb_assets.model.batches import WindowBatcher, index_pairs
 from cb_assets.model.network import calibration_of, predict_returns, set_calibration
+from cb_assets.model.settings import CALIBRATION_FRACTION
 from cb_assets.series.schema import HORIZONS_S, SECOND_NS
 from cb_assets.series.windows import WindowSet
 
 log = logging.getLogger(__name__)
 
-# The newest share of the training windows set aside to fit the calibration factors: over a day of hours
-# ~4 h (~70 independent 200 s returns), enough for a factor's sign and size; it costs as much training data.
-CALIBRATION_FRACTION = 0.2
 # Fewer calibration windows than this and the factors would be noise: train on everything instead.
 MIN_CALIBRATION_WINDOWS = 60
 # More would only cost inference time: neighbouring windows give nearly the same forecast and label.

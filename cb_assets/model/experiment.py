@@ -6,7 +6,7 @@ Every step is the function the corresponding asset calls (`series.hourly`, the s
 - `filled_series`: `fill_product_hour` (ticks of the hour and the one before);
 - `indicators`: `indicators_of_hour` on the filled rows of the previous and the current hour;
 - `training_windows`: `build_window_set` on the indicator and observed-price rows of two hours;
-- training and evaluation: `pipeline.train_initial` and `pipeline.score`.
+- training and evaluation: `pipeline.train_initial` and `pipeline.valid_forecasts`.
 
 Products are handled one at a time up to the windows, and a product's series can be kept in a cache keyed
 by its ticks, so two markets that differ in one product only (e.g. with and without a planted signal) fill
@@ -25,7 +25,15 @@ import pandas as pd
 
 from cb_assets.model.baselines import RidgeBaseline
 from cb_assets.model.evaluate import ALL, EvaluationReport, evaluate, metrics_markdown
-from cb_assets.model.pipeline import Outcome, TrainSettings, products_of, split_holdout, train_initial
+from cb_assets.model.pipeline import (
+    Outcome,
+    products_of,
+    split_gate,
+    split_holdout,
+    train_initial,
+    valid_forecasts,
+)
+from cb_assets.model.settings import TrainSettings
 from cb_assets.series.fill import fill_product_hour
 from cb_assets.series.hourly import HOUR_NS, indicators_of_hour
 from cb_assets.series.schema import HORIZONS_S, SECOND_NS
@@ -144,25 +152,31 @@ def pool(sets: Sequence[WindowSet]) -> Pooled:
 
 def forecasts(model: object, sets: Sequence[WindowSet]) -> np.ndarray:
     """The model's forecasts on the valid windows of `sets`, in `pool` order (batches copied from views)."""
-    from cb_assets.model.network import predict_returns
+    return valid_forecasts(model, sets)
 
-    parts = []
-    for s in sets:
-        idx = np.flatnonzero(s.valid)
-        views = s.views()
-        out = np.empty((len(idx), s.labels.shape[1]), dtype=np.float32)
-        for i in range(0, len(idx), 256):
-            out[i : i + 256] = predict_returns(model, np.ascontiguousarray(views[idx[i : i + 256]]))
-        parts.append(out)
-    return np.concatenate(parts)
+
+def residual_forecasts(model: object, sets: Sequence[WindowSet]) -> np.ndarray:
+    """The composite's network part alone (its residual over the linear model) on the valid windows."""
+    from cb_assets.model.network import gates_of, set_gates
+
+    gates = gates_of(model)
+    if gates is None:
+        return forecasts(model, sets)
+    set_gates(model, np.zeros_like(gates[0]), np.ones_like(gates[1]))
+    try:
+        return forecasts(model, sets)
+    finally:
+        set_gates(model, *gates)
 
 
 @dataclass
 class ExperimentResult:
-    outcome: Outcome  # train_initial's own result (its holdout = the newest hour's tail)
-    reports: dict[str, EvaluationReport]  # challenger, ridge, persistence on the pooled held-out windows
+    outcome: Outcome  # train_initial's own result (its holdout = the gate's tails)
+    # challenger (the gated composite), network (linear + residual), linear, ridge (anchor row) and
+    # persistence on the pooled held-out windows
+    reports: dict[str, EvaluationReport]
     heldout: Pooled
-    predictions: dict[str, np.ndarray]  # challenger and ridge forecasts on `heldout`
+    predictions: dict[str, np.ndarray]  # every model's forecasts on `heldout`
     n_train_windows: int
     n_heldout_windows: int
 
@@ -170,26 +184,31 @@ class ExperimentResult:
 def run_initial(
     train_sets: Sequence[WindowSet], later_sets: Sequence[WindowSet], settings: TrainSettings
 ) -> ExperimentResult:
-    """`train_initial` on `train_sets` (the last is the newest hour, split with an embargo), then the
-    challenger, ridge and persistence scored on the newest hour's held-out tail plus every set of
+    """`train_initial` on `train_sets` (in time order; the gate holds out the tails of the newest
+    `settings.gate_hours`), then every model scored on the newest hour's tail plus every set of
     `later_sets` (hours after it that nothing was trained on)."""
+    from cb_assets.model.network import linear_of
+
     *older, newest = train_sets
     outcome = train_initial(older, newest, settings)
-    head, tail = split_holdout(newest)
-    fit_on = [s for s in (*older, head) if s.valid.any()]
+    parts, _ = split_gate(train_sets, settings.gate_hours)
+    _, tail = split_holdout(newest)
     heldout_sets = [s for s in (tail, *later_sets) if s.valid.any()]
     held = pool(heldout_sets)
-    ridge = RidgeBaseline.fit(fit_on)
+    lm = linear_of(outcome.model)
+    lin = np.concatenate([lm.predict(s, np.flatnonzero(s.valid)) for s in heldout_sets])
+    ridge = RidgeBaseline.fit([s for s in parts if s.valid.any()])
     preds = {
         "challenger": forecasts(outcome.model, heldout_sets),
+        "network": lin + residual_forecasts(outcome.model, heldout_sets),
+        "linear": lin,
         "ridge": np.concatenate([ridge.predict(s)[s.valid] for s in heldout_sets]).astype(np.float32),
+        "persistence": np.zeros_like(held.labels, dtype=np.float32),
     }
     reports = {name: evaluate(held.labels, p, held.products) for name, p in preds.items()}
-    reports["persistence"] = evaluate(held.labels, np.zeros_like(held.labels), held.products)
-    order = {"challenger": 0, "ridge": 1, "persistence": 2}
     return ExperimentResult(
         outcome=outcome,
-        reports=dict(sorted(reports.items(), key=lambda kv: order[kv[0]])),
+        reports=reports,
         heldout=held,
         predictions=preds,
         n_train_windows=outcome.n_train_windows,

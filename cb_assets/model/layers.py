@@ -173,6 +173,124 @@ class TransformerBlock(layers.Layer):
         }
 
 
+@keras.saving.register_keras_serializable(package="cb_assets")
+class LinearPath(layers.Layer):
+    """The linear model (linear.LinearModel) inside the network: raw window -> raw log returns.
+
+    Each tap is one (lag, column) value of the window, standardised with the linear model's own statistics
+    (non-finite -> 0, clipped as in linear.design); everything is a non-trainable weight set from the
+    closed-form fit, so the optimiser never moves it and the `.keras` file carries it.
+    """
+
+    def __init__(
+        self,
+        taps: list[list[int]] | tuple[tuple[int, int], ...],
+        window: int,
+        n_features: int,
+        n_outputs: int,
+        clip: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.taps = tuple((int(lag), int(col)) for lag, col in taps)
+        self.window, self.n_features, self.n_outputs = int(window), int(n_features), int(n_outputs)
+        self.clip = float(clip)
+        n = len(self.taps)
+        self.flat_index = np.array([(self.window - 1 - lag) * self.n_features + c for lag, c in self.taps])
+        self.mean = self.add_weight(shape=(n,), initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=(n,), initializer="ones", trainable=False, name="std")
+        self.kernel = self.add_weight(
+            shape=(n, self.n_outputs), initializer="zeros", trainable=False, name="kernel"
+        )
+        self.bias = self.add_weight(
+            shape=(self.n_outputs,), initializer="zeros", trainable=False, name="bias"
+        )
+        # The sufficient statistics the weights were solved from (float64: sums over ~10^5 windows) and the
+        # per-output penalties, so a fine-tune can add an hour to everything seen before (linear.update).
+        p1, f64 = n + 1, "float64"
+        self.stats_xx = self.add_weight(
+            shape=(p1, p1), initializer="zeros", trainable=False, name="xx", dtype=f64
+        )
+        self.stats_xy = self.add_weight(
+            shape=(p1, self.n_outputs), initializer="zeros", trainable=False, name="xy", dtype=f64
+        )
+        self.stats_yy = self.add_weight(
+            shape=(self.n_outputs,), initializer="zeros", trainable=False, name="yy", dtype=f64
+        )
+        self.stats_n = self.add_weight(shape=(1,), initializer="zeros", trainable=False, name="n", dtype=f64)
+        self.lambdas = self.add_weight(
+            shape=(self.n_outputs,), initializer="ones", trainable=False, name="lambdas", dtype=f64
+        )
+
+    def set_linear(self, mean: np.ndarray, std: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> None:
+        n = len(self.taps)
+        self.mean.assign(_checked(mean, n, "tap mean"))
+        self.std.assign(_checked(std, n, "tap std", positive=True))
+        self.kernel.assign(np.asarray(kernel, np.float32).reshape(n, self.n_outputs))
+        self.bias.assign(_checked(bias, self.n_outputs, "bias"))
+
+    def set_stats(
+        self, xx: np.ndarray, xy: np.ndarray, yy: np.ndarray, n: float, lambdas: np.ndarray
+    ) -> None:
+        self.stats_xx.assign(np.asarray(xx, np.float64))
+        self.stats_xy.assign(np.asarray(xy, np.float64))
+        self.stats_yy.assign(np.asarray(yy, np.float64).reshape(-1))
+        self.stats_n.assign(np.array([float(n)]))
+        self.lambdas.assign(np.asarray(lambdas, np.float64).reshape(-1))
+
+    def call(self, x: Any) -> Any:
+        flat = ops.reshape(x, (-1, self.window * self.n_features))
+        v = ops.take(flat, self.flat_index, axis=1)
+        z = (v - self.mean) / self.std
+        z = ops.clip(ops.where(ops.isfinite(z), z, ops.zeros_like(z)), -self.clip, self.clip)
+        return ops.matmul(z, self.kernel) + self.bias
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (input_shape[0], self.n_outputs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "taps": [list(t) for t in self.taps],
+            "window": self.window,
+            "n_features": self.n_features,
+            "n_outputs": self.n_outputs,
+            "clip": self.clip,
+        }
+
+
+@keras.saving.register_keras_serializable(package="cb_assets")
+class Blend(layers.Layer):
+    """linear_gate * linear + residual_gate * residual, per output: the gate's decisions (gate.py) as
+    weights. 0/0 serves persistence, 1/0 the linear model, 1/1 the network (a residual over the linear
+    model). Until the gate has decided: 0/1, so training and calibration see the residual network alone."""
+
+    def __init__(self, n_outputs: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.n_outputs = int(n_outputs)
+        shape = (self.n_outputs,)
+        self.linear_gate = self.add_weight(
+            shape=shape, initializer="zeros", trainable=False, name="linear_gate"
+        )
+        self.residual_gate = self.add_weight(
+            shape=shape, initializer="ones", trainable=False, name="residual_gate"
+        )
+
+    def set_gates(self, linear: np.ndarray, residual: np.ndarray) -> None:
+        self.linear_gate.assign(_checked(linear, self.n_outputs, "linear gate"))
+        self.residual_gate.assign(_checked(residual, self.n_outputs, "residual gate"))
+
+    def call(self, inputs: Any) -> Any:
+        linear, residual = inputs
+        return self.linear_gate * linear + self.residual_gate * residual
+
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        return tuple(input_shape[0])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_outputs": self.n_outputs}
+
+
 def _names(names: list[str] | tuple[str, ...] | None, n: int) -> tuple[str, ...] | None:
     # The column names travel with the statistics so a fine-tune can refuse data whose columns mean
     # something else (a product added to the config reorders every column after it).

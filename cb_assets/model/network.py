@@ -20,8 +20,6 @@ evidence supports; it is a weight of the model, so it travels in the `.keras` fi
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,68 +28,24 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from cb_assets.model.layers import Destandardize, LastStep, PositionEmbedding, Standardize, TransformerBlock
-from cb_assets.series.schema import HORIZONS_S, WINDOW_S
+from cb_assets.model.layers import (
+    Blend,
+    Destandardize,
+    LastStep,
+    LinearPath,
+    PositionEmbedding,
+    Standardize,
+    TransformerBlock,
+)
+from cb_assets.model.linear import LinearModel, Stats
+from cb_assets.model.settings import NetworkConfig
 from cb_assets.series.windows import ColumnStats, WindowSet
 
 HEAD_LAYER = "head_z"
-OUTPUT_LAYER = "returns"
+OUTPUT_LAYER = "returns"  # the network's (residual) forecast in raw units, with its calibration factors
+LINEAR_LAYER = "linear"
+BLEND_LAYER = "forecast"  # the composite's output: gated linear + residual (see layers.Blend)
 FEATURE_STATS_LAYER = "standardize"
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """Sizes of the network. The defaults were chosen to train at a useful speed on 2 CPU cores.
-
-    With 1000 x 420 inputs the first convolution (kernel 10, stride 5) is most of the work; the second
-    (kernel 4, stride 4) brings 1000 seconds down to 49 tokens, which one attention block handles cheaply.
-    """
-
-    window: int = WINDOW_S
-    n_features: int = 12 * 35
-    n_outputs: int = 12 * len(HORIZONS_S)
-    conv_filters: tuple[int, ...] = (64, 64)
-    conv_kernels: tuple[int, ...] = (10, 4)
-    conv_strides: tuple[int, ...] = (5, 4)
-    d_model: int = 64
-    heads: int = 4
-    ff_dim: int = 128
-    n_blocks: int = 1
-    dropout: float = 0.1
-    head_units: int = 64
-    # A dense path from the anchor row (the newest second) straight to the head: for horizons of 10-200 s
-    # the latest values carry most of the information, and this keeps them from being averaged away.
-    anchor_skip: bool = True
-    # Standardised inputs are clipped: one extreme value (a 52-week-high reset, a volume burst) would
-    # otherwise dominate the activations of a whole window.
-    clip: float = 10.0
-
-    def __post_init__(self) -> None:
-        n = len(self.conv_filters)
-        if not (len(self.conv_kernels) == len(self.conv_strides) == n):
-            raise ValueError("conv_filters, conv_kernels and conv_strides must have the same length")
-        if self.d_model % self.heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
-        if self.sequence_length() < 1:
-            raise ValueError(f"the convolutions leave no time steps of a {self.window}-second window")
-
-    def sequence_length(self) -> int:
-        """Tokens left after the convolutional front (after the start-crops, see `_crop_for`)."""
-        length = self.window
-        for k, s in zip(self.conv_kernels, self.conv_strides, strict=True):
-            if length < k:
-                return 0
-            length = (length - k) // s + 1
-        return length
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NetworkConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
-        return cls(**kw)
 
 
 def _crop_for(length: int, kernel: int, stride: int) -> int:
@@ -110,8 +64,12 @@ def build_model(
     *,
     feature_names: tuple[str, ...] | None = None,
     output_names: tuple[str, ...] | None = None,
+    linear: LinearModel | None = None,
 ) -> keras.Model:
     """The forecaster for `cfg`, with the given training statistics stored inside it.
+
+    With `linear`, the model is the composite: the network's output is a residual over the linear model
+    (layers.LinearPath), and a `Blend` layer gates both per output (all residual until the gate decides).
 
     Input: (batch, window, n_features) raw float32 features (NaN allowed). Output ("returns"): raw log
     returns (batch, n_outputs) product-major like `WindowSet.labels`. Without statistics the layers are
@@ -149,6 +107,12 @@ def build_model(
     h = layers.Dropout(cfg.dropout, name="head_dropout")(h)
     head = layers.Dense(cfg.n_outputs, name=HEAD_LAYER)(h)
     outputs = Destandardize(cfg.n_outputs, column_names=output_names, name=OUTPUT_LAYER)(head)
+    if linear is not None:
+        path = LinearPath(
+            linear.taps, cfg.window, cfg.n_features, cfg.n_outputs, clip=cfg.clip, name=LINEAR_LAYER
+        )
+        lin = path(inputs)
+        outputs = Blend(cfg.n_outputs, name=BLEND_LAYER)([lin, outputs])
 
     model = keras.Model(inputs, outputs, name="cb_forecaster")
     if feature_stats is not None:
@@ -156,6 +120,52 @@ def build_model(
     if label_stats is not None:
         model.get_layer(OUTPUT_LAYER).set_stats(label_stats.mean, label_stats.std)
     return model
+
+
+def has_linear(model: keras.Model) -> bool:
+    """True for a composite (linear path + gates); models saved before it are the network alone."""
+    return any(layer.name == BLEND_LAYER for layer in model.layers)
+
+
+def set_linear(model: keras.Model, linear: LinearModel) -> None:
+    """Install the linear model's weights (its taps must be the ones the model was built with)."""
+    path = model.get_layer(LINEAR_LAYER)
+    if tuple(path.taps) != tuple(linear.taps):
+        raise ValueError("the linear model's taps differ from the ones the model was built with")
+    path.set_linear(linear.tap_mean, linear.tap_std, linear.weights, linear.intercept)
+    st = linear.stats
+    path.set_stats(st.xx, st.xy, st.yy, st.n, linear.lambdas)
+
+
+def linear_of(model: keras.Model) -> LinearModel:
+    """The linear model stored in a composite, statistics included (what a fine-tune updates)."""
+    path = model.get_layer(LINEAR_LAYER)
+
+    def f64(v: Any) -> np.ndarray:
+        return np.asarray(v.numpy(), np.float64)
+
+    stats = Stats(f64(path.stats_xx), f64(path.stats_xy), f64(path.stats_yy), float(f64(path.stats_n)[0]))
+    return LinearModel(
+        tuple(path.taps),
+        f64(path.mean),
+        f64(path.std),
+        f64(path.kernel),
+        f64(path.bias),
+        f64(path.lambdas),
+        stats,
+    )
+
+
+def set_gates(model: keras.Model, linear_gate: np.ndarray, residual_gate: np.ndarray) -> None:
+    model.get_layer(BLEND_LAYER).set_gates(linear_gate, residual_gate)
+
+
+def gates_of(model: keras.Model) -> tuple[np.ndarray, np.ndarray] | None:
+    """(linear gate, residual gate) of a composite, None for a network-only model."""
+    if not has_linear(model):
+        return None
+    layer = model.get_layer(BLEND_LAYER)
+    return np.asarray(layer.linear_gate.numpy()), np.asarray(layer.residual_gate.numpy())
 
 
 def standardised_head(model: keras.Model) -> keras.Model:

@@ -12,7 +12,7 @@ the network sees and undo what it learned, with no gradient step to account for 
 
 Calibration (the per-output shrinkage fitted on a slice the optimiser never sees) lives in calibration.py.
 
-Stride: `auto_stride` spreads a fixed budget of windows per epoch over however many hours are given, so
+Stride: `settings.auto_stride` spreads a fixed budget of windows per epoch over however many hours are given, so
 an initial training on a day of hours sees many distinct stretches of market rather than one stretch many
 times (neighbouring windows share 999 of their 1000 seconds, and memorising a few hours was what made the
 network's held-out skill negative).
@@ -31,60 +31,33 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cb_assets.model.baselines import merged_stats, select_windows, stats_of
+from cb_assets.model.baselines import merged_stats, select_windows
 from cb_assets.model.batches import WindowBatcher, index_pairs
-from cb_assets.model.calibration import (
-    CALIBRATION_FRACTION,
-    calibrate,
-    calibrated,
-    calibration_factors,
-    split_calibration,
-)
+from cb_assets.model.calibration import calibrated
+from cb_assets.model.linear import LinearModel
 from cb_assets.model.network import (
-    NetworkConfig,
     build_model,
     column_names_of,
+    has_linear,
     input_shape_of,
     label_stats_of,
     load_model,
+    set_gates,
     standardised_head,
+)
+from cb_assets.model.settings import (
+    CLIPNORM,
+    DEFAULT_BATCH,
+    DEFAULT_STRIDE,
+    FINE_TUNE_LEARNING_RATE,
+    LEARNING_RATE,
+    REPLAY_FRACTION,
+    WEIGHT_DECAY,
+    NetworkConfig,
 )
 from cb_assets.series.windows import WindowSet
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "CALIBRATION_FRACTION",
-    "DEFAULT_BATCH",
-    "DEFAULT_STRIDE",
-    "WINDOWS_PER_EPOCH",
-    "TrainResult",
-    "WindowBatcher",
-    "auto_stride",
-    "calibrate",
-    "calibration_factors",
-    "fine_tune",
-    "lr_schedule",
-    "merged_stats",
-    "new_model",
-    "select_windows",
-    "split_calibration",
-    "stats_of",
-    "train_model",
-]
-
-# Every 2nd valid anchor: one hour is then 1800 windows (+600 replay), a fine-tune of ~15 s on 2 quiet
-# cores against a two-minute budget (stride 1: ~31 s). The margin is for a machine shared with other runs;
-# neighbouring windows share 999 of 1000 seconds, so stride 1 adds little. bench/model.py measures it.
-DEFAULT_STRIDE = 2
-DEFAULT_BATCH = 16
-# `auto_stride`'s budget: windows per epoch when many hours are given. One hour's ~2,000 training windows
-# stay at DEFAULT_STRIDE; a day of hours is thinned to about this many, spread over all of them. Measured on
-# the simulated market of test_model_learning_e2e (default network, 24 h, one epoch, seed 0): ~11,000
-# windows (stride 6) left the planted output at 0.17 skill, ~22,000 (stride 3) reached 0.23, ~33,000
-# (stride 2, near-duplicate neighbours) fell back to 0.16 with a training loss showing memorisation.
-# The seed matters as much: at stride 3 seeds 1..3 gave 0.01, 0.20 and 0.28.
-WINDOWS_PER_EPOCH = 24_000
 
 
 @dataclass
@@ -220,25 +193,17 @@ def _fit(
     )
 
 
-def auto_stride(
-    n_windows: int, windows_per_epoch: int = WINDOWS_PER_EPOCH, min_stride: int = DEFAULT_STRIDE
-) -> int:
-    """The stride that keeps about `windows_per_epoch` of `n_windows` valid windows (never below
-    `min_stride`): few hours train as before, many hours are thinned evenly instead of seen whole."""
-    return max(int(min_stride), -(-int(n_windows) // max(1, int(windows_per_epoch))))
-
-
 def train_model(
     model: keras.Model,
     train_sets: Sequence[WindowSet],
     *,
     epochs: int = 1,
-    learning_rate: float = 1e-3,
+    learning_rate: float = LEARNING_RATE,
     batch_size: int = DEFAULT_BATCH,
     stride: int = DEFAULT_STRIDE,
     seed: int = 0,
-    weight_decay: float = 1e-4,
-    clipnorm: float = 1.0,
+    weight_decay: float = WEIGHT_DECAY,
+    clipnorm: float = CLIPNORM,
     loss: str = "mse",
     deterministic: bool = True,
     calibration_sets: Sequence[WindowSet] = (),
@@ -274,23 +239,36 @@ def train_model(
     return calibrated(model, result, calibration_sets)
 
 
-def new_model(cfg: NetworkConfig, train_sets: Sequence[WindowSet], *, seed: int = 0) -> keras.Model:
-    """A fresh model whose statistics come from `train_sets` only (merged ColumnStats)."""
+def new_model(
+    cfg: NetworkConfig, train_sets: Sequence[WindowSet], *, seed: int = 0, linear: LinearModel | None = None
+) -> keras.Model:
+    """A fresh model whose statistics come from `train_sets` only (merged ColumnStats); with `linear`, the
+    composite (its network then learns the residual: pass sets whose labels are the residuals)."""
     fs, ls = merged_stats(train_sets)
     keras.utils.set_random_seed(seed)  # the initial weights (and dropout seeds) follow the seed
     first = train_sets[0]
     return build_model(
-        cfg, fs, ls, feature_names=tuple(first.feature_names), output_names=tuple(first.output_names)
+        cfg,
+        fs,
+        ls,
+        feature_names=tuple(first.feature_names),
+        output_names=tuple(first.output_names),
+        linear=linear,
     )
 
 
 def _warm_start(champion: str | Path | keras.Model) -> keras.Model:
     if isinstance(champion, keras.Model):
         # A copy: the champion stays untouched in memory (it is still serving, and may win the comparison).
-        clone = keras.models.clone_model(champion)
-        clone.set_weights(champion.get_weights())
-        return clone
-    return load_model(champion)
+        model = keras.models.clone_model(champion)
+        model.set_weights(champion.get_weights())
+    else:
+        model = load_model(champion)
+    if has_linear(model):
+        # The residual network alone until the gate decides again: calibration must see its own output.
+        n = int(model.outputs[0].shape[-1])
+        set_gates(model, np.zeros(n), np.ones(n))
+    return model
 
 
 def fine_tune(
@@ -298,14 +276,14 @@ def fine_tune(
     new_sets: Sequence[WindowSet],
     replay_sets: Sequence[WindowSet] = (),
     *,
-    learning_rate: float = 1e-4,
-    replay_fraction: float = 0.25,
+    learning_rate: float = FINE_TUNE_LEARNING_RATE,
+    replay_fraction: float = REPLAY_FRACTION,
     epochs: int = 1,
     batch_size: int = DEFAULT_BATCH,
     stride: int = DEFAULT_STRIDE,
     seed: int = 0,
-    weight_decay: float = 1e-4,
-    clipnorm: float = 1.0,
+    weight_decay: float = WEIGHT_DECAY,
+    clipnorm: float = CLIPNORM,
     loss: str = "mse",
     deterministic: bool = True,
     calibration_sets: Sequence[WindowSet] = (),
