@@ -122,7 +122,7 @@ def run_sink(settings: Settings, stop: threading.Event) -> None:
         products=settings.products,
         group_id="test-sink",
         batch_size=2000,
-        batch_timeout_s=0.05,
+        linger_s=0.05,
     )
     Sink(cfg).run(stop)
 

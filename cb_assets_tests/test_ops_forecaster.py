@@ -55,9 +55,12 @@ def _newest_anchor(url: str) -> datetime | None:
         return None
 
 
-def _ledger_stats(url: str) -> dict:
+def _ledger_stats(url: str, since: datetime) -> dict:
+    """The ledger writer's counters from a heartbeat written after `since` ({} while there is none)."""
     with connect(url, timeout_s=2) as conn:
-        row = conn.execute("SELECT counters->'ledger' FROM forecaster_status").fetchone()
+        row = conn.execute(
+            "SELECT counters->'ledger' FROM forecaster_status WHERE updated_at > %s", (since,)
+        ).fetchone()
     return row[0] if row and row[0] else {}
 
 
@@ -137,14 +140,15 @@ def test_forecaster_survives_kill_database_restart_and_broker_outage(tmp_path: P
         assert procs["forecast"].poll() is None, "the forecaster must survive PostgreSQL going away"
         pg.start()
         wait_for_postgres(url)
+        back_at = datetime.now(UTC)
         _wait(lambda: _newest_anchor(url) is not None, 30, "PostgreSQL back")
         # The writer catches up with what it held (its heartbeat, every 5 s, says when nothing is pending).
-        _wait(lambda: _ledger_stats(url).get("pending") == 0, 60, "the held forecasts being written")
+        _wait(lambda: _ledger_stats(url, back_at).get("pending") == 0, 60, "the held forecasts being written")
         with connect(url) as conn:
             total, distinct = conn.execute(
                 "SELECT count(*), count(DISTINCT (version_id, product_id, anchor, horizon_s)) FROM forecasts"
             ).fetchone()
-            ledger = conn.execute("SELECT counters->'ledger' FROM forecaster_status").fetchone()[0]
+            ledger = _ledger_stats(url, back_at)
             during = conn.execute(
                 "SELECT count(DISTINCT anchor) FROM forecasts WHERE anchor > %s AND anchor <= %s",
                 (anchor_at_stop, anchor_at_stop + timedelta(seconds=100)),

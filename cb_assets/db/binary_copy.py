@@ -13,6 +13,7 @@ field count and per field an int32 length (-1 = NULL) and the bytes, all big-end
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -20,10 +21,16 @@ import numpy as np
 HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 # PostgreSQL's epoch is 2000-01-01 UTC; timestamps are int64 microseconds since then.
 _PG_EPOCH_US = 946_684_800_000_000
-_WIDTH = {"float8": 8, "timestamptz": 8, "bool": 1}
 
 
-_KIND = {"float8": 0, "bool": 1, "timestamptz": 2, "text": 3}
+_KIND = {"float8": 0, "bool": 1, "timestamptz": 2, "timestamptz_us": 2, "text": 3, "int4": 4, "int8": 5}
+
+
+class Categorical(NamedTuple):
+    """A text column as codes into a small table of labels (what a batch of ticks has: a dozen products)."""
+
+    codes: np.ndarray
+    labels: Sequence[str]
 
 
 @numba.njit(cache=True)
@@ -64,8 +71,10 @@ def _encode(
                 _write_be(buf, pos, float_bits[i, j], 8)
             elif kind == 1:
                 buf[pos] = 1 if ints[i, j] else 0
-            elif kind == 2:
+            elif kind == 2 or kind == 5:
                 _write_be(buf, pos, ints[i, j], 8)
+            elif kind == 4:
+                _write_be(buf, pos, ints[i, j], 4)
             else:
                 code = ints[i, j]
                 for b in range(text_lengths[code]):
@@ -76,21 +85,20 @@ def _encode(
     return buf
 
 
-def encode(types: Sequence[str], columns: Sequence[np.ndarray]) -> memoryview:
+def encode(types: Sequence[str], columns: Sequence[np.ndarray | Categorical]) -> memoryview:
     """The binary COPY data (header to trailer) of rows given column by column, as a buffer.
 
-    Types: float8 (NaN is written as NULL), bool, timestamptz (int64 ns since the epoch, or datetime64),
-    text (at most one text column; few distinct values, as product ids).
+    Types: float8 (NaN is written as NULL), bool, int4, int8, timestamptz (int64 ns since the epoch, or
+    datetime64), timestamptz_us (int64 microseconds since the epoch), text (an array of str, or a `Categorical`; meant for few distinct values, as product ids).
     """
-    n = len(columns[0]) if columns else 0
+    n = len(columns[0].codes if isinstance(columns[0], Categorical) else columns[0]) if columns else 0
     k = len(types)
     kinds = np.array([_KIND[t] for t in types], dtype=np.int64)
     # Column-major: each column is filled with one contiguous write.
     floats = np.zeros((n, k), dtype=np.float64, order="F")
     ints = np.zeros((n, k), dtype=np.int64, order="F")
     sizes = np.empty((n, k), dtype=np.int64, order="F")
-    text_bytes = np.zeros((1, 1), dtype=np.uint8)
-    text_lengths = np.zeros(1, dtype=np.int64)
+    labels: list[bytes] = []  # every text column's distinct values, one table (codes offset per column)
     for j, (t, col) in enumerate(zip(types, columns, strict=True)):
         if t == "float8":
             v = np.asarray(col, dtype=np.float64)
@@ -99,6 +107,9 @@ def encode(types: Sequence[str], columns: Sequence[np.ndarray]) -> memoryview:
         elif t == "bool":
             ints[:, j] = np.asarray(col, dtype=bool)
             sizes[:, j] = 1
+        elif t in ("int4", "int8"):
+            ints[:, j] = np.asarray(col, dtype=np.int64)
+            sizes[:, j] = 4 if t == "int4" else 8
         elif t == "timestamptz":
             arr = np.asarray(col)
             ns = (
@@ -108,15 +119,25 @@ def encode(types: Sequence[str], columns: Sequence[np.ndarray]) -> memoryview:
             )
             ints[:, j] = ns // 1000 - _PG_EPOCH_US
             sizes[:, j] = 8
+        elif t == "timestamptz_us":  # microseconds: the full range of timestamptz, beyond int64 nanoseconds
+            ints[:, j] = np.asarray(col, dtype=np.int64) - _PG_EPOCH_US
+            sizes[:, j] = 8
+        elif t == "text":
+            if isinstance(col, Categorical):
+                codes, table = np.asarray(col.codes, dtype=np.int64), [str(x) for x in col.labels]
+            else:
+                table_arr, codes = np.unique(np.asarray(col, dtype=object).astype(str), return_inverse=True)
+                table, codes = [str(x) for x in table_arr], codes.ravel()
+            encoded = [x.encode() for x in table]
+            ints[:, j] = codes + len(labels)
+            sizes[:, j] = np.array([len(e) for e in encoded], dtype=np.int64)[codes] if len(codes) else 0
+            labels += encoded
         else:
-            uniques, inverse = np.unique(np.asarray(col, dtype=object).astype(str), return_inverse=True)
-            encoded = [u.encode() for u in uniques]
-            text_lengths = np.array([len(e) for e in encoded], dtype=np.int64)
-            text_bytes = np.zeros((len(encoded), max(1, int(text_lengths.max(initial=0)))), dtype=np.uint8)
-            for u, e in enumerate(encoded):
-                text_bytes[u, : len(e)] = np.frombuffer(e, dtype=np.uint8)
-            ints[:, j] = inverse.ravel()
-            sizes[:, j] = text_lengths[inverse.ravel()]
+            raise ValueError(f"binary COPY of type {t} is not supported here")
+    text_lengths = np.array([len(e) for e in labels] or [0], dtype=np.int64)
+    text_bytes = np.zeros((max(1, len(labels)), max(1, int(text_lengths.max()))), dtype=np.uint8)
+    for u, e in enumerate(labels):
+        text_bytes[u, : len(e)] = np.frombuffer(e, dtype=np.uint8)
     total = len(HEADER) + int((2 + (4 + np.maximum(sizes, 0)).sum(axis=1)).sum()) + 2
     header = np.frombuffer(HEADER, dtype=np.uint8)
     return memoryview(

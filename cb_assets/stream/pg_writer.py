@@ -21,22 +21,18 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from cb_assets.series.schema import SERIES_COLUMNS
 from cb_assets.stream import copy_binary
 from cb_assets.stream.tick_columns import TickColumns
 from cb_assets.stream.ticks import Rejection, TickRow
 
 log = logging.getLogger(__name__)
 
+# The order of TickRow and of copy_binary.RAW_TYPES.
 RAW_COLUMNS = (
     "product_id",
     "time",
-    "price",
-    "volume_24_h",
-    "low_24_h",
-    "high_24_h",
-    "low_52_w",
-    "high_52_w",
-    "price_percent_chg_24_h",
+    *SERIES_COLUMNS,
     "best_bid",
     "best_ask",
     "source",
