@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -192,3 +193,37 @@ def seed_scored_ledger(
         assert score_due(conn, slack_s=0) == len(rows)
         conn.commit()
     return truth
+
+
+class FramePlayer:
+    """Produces a simulated market's messages to Kafka frame by frame (5 data seconds a frame), from `live`."""
+
+    def __init__(self, sim, live: datetime, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import Producer
+
+        from cb_assets.feed.timestamps import parse_rfc3339_ns
+
+        live_ns = int(live.timestamp()) * 10**9
+        by_time: dict[str, list[dict]] = {}
+        for m in sim.messages():
+            by_time.setdefault(m["time"], []).append(m)
+        self.frames = [msgs for t, msgs in sorted(by_time.items()) if parse_rfc3339_ns(t) >= live_ns]
+        self.next = 0
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        self.topic = topic
+
+    def play(self, n: int, per_second: float = 40.0) -> None:
+        import orjson
+
+        for msgs in self.frames[self.next : self.next + n]:
+            for m in msgs:
+                self.producer.produce(self.topic, key=m["product_id"].encode(), value=orjson.dumps(m))
+            self.producer.poll(0)
+            time.sleep(1.0 / per_second)
+        self.next += n
+        assert self.producer.flush(30) == 0
+
+    def junk(self) -> None:
+        for value in (b"{not json", b'{"product_id": "BTC-USD", "price": "-1"}', b""):
+            self.producer.produce(self.topic, key=b"BTC-USD", value=value)
+        assert self.producer.flush(30) == 0

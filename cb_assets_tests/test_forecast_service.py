@@ -13,9 +13,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import pytest
-from confluent_kafka import Producer
 
 from cb_assets.cli import main
 from cb_assets.config import load_settings
@@ -24,7 +22,7 @@ from cb_assets.feed.seed import simulate_rows, write_rows
 from cb_assets.feed.simulate import simulate_ticks
 from cb_assets.stack.procs import free_port
 from cb_assets.stream.topics import ensure_topic
-from cb_assets_tests.forecast_support import register_champion, run_forecaster, run_sink, running
+from cb_assets_tests.forecast_support import FramePlayer, register_champion, run_forecaster, run_sink, running
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -47,36 +45,6 @@ def _wait(what, timeout_s: float, message: str):
             return value
         time.sleep(0.25)
     raise AssertionError(message)
-
-
-class FramePlayer:
-    """Produces the simulated market's live hour to Kafka frame by frame (5 data seconds a frame)."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        sim = simulate_ticks(PRODUCTS, int(START.timestamp()) * 10**9, 4 * 3600, seed=3)
-        self.frames: list[list[dict]] = []
-        live_ns = int(LIVE_HOUR.timestamp()) * 10**9
-        by_time: dict[str, list[dict]] = {}
-        for m in sim.messages():
-            by_time.setdefault(m["time"], []).append(m)
-        self.frames = [msgs for t, msgs in sorted(by_time.items()) if _ns(t) >= live_ns]
-        self.next = 0
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-        self.topic = topic
-
-    def play(self, n: int, per_second: float = 40.0) -> None:
-        for msgs in self.frames[self.next : self.next + n]:
-            for m in msgs:
-                self.producer.produce(self.topic, key=m["product_id"].encode(), value=orjson.dumps(m))
-            self.producer.poll(0)
-            time.sleep(1.0 / per_second)
-        self.next += n
-        assert self.producer.flush(30) == 0
-
-    def junk(self) -> None:
-        for value in (b"{not json", b'{"product_id": "BTC-USD", "price": "-1"}', b""):
-            self.producer.produce(self.topic, key=b"BTC-USD", value=value)
-        assert self.producer.flush(30) == 0
 
 
 def _ns(rfc3339: str) -> int:
@@ -122,7 +90,8 @@ def test_forecasts_are_made_kept_scored_served_and_survive_restart_and_swap(
         }
     )
     ensure_topic(kafka_bootstrap, topic_name, partitions=3)
-    player = FramePlayer(kafka_bootstrap, topic_name)
+    sim = simulate_ticks(PRODUCTS, int(START.timestamp()) * 10**9, 4 * 3600, seed=3)
+    player = FramePlayer(sim, LIVE_HOUR, kafka_bootstrap, topic_name)
 
     with running(run_sink, settings), running(run_forecaster, settings):
         player.play(60)  # five data minutes
