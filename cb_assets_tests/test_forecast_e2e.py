@@ -36,7 +36,7 @@ from cb_assets_tests.forecast_support import FramePlayer, run_forecaster, run_si
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START = datetime(2024, 3, 4, tzinfo=UTC)
-TRAIN_HOURS = 9  # hour 0 is a cold start; 1..8 are the training windows
+TRAIN_HOURS = 25  # hour 0 is a cold start; 1..24 are the training windows (a day, as price_model trains)
 LIVE = START + timedelta(hours=TRAIN_HOURS)
 PLANTED = LeadLag(leader="BTC-USD", follower="ETH-USD", horizon_s=20, beta=1.0)
 
@@ -98,8 +98,12 @@ def _live_scores(make_database, kafka_bootstrap: str, tmp_path: Path, lead_lag: 
             if made > 600 * len(PRODUCTS) * 4 and open_ == 0:
                 break
             time.sleep(1)
-    assert made > 600 * len(PRODUCTS) * 4, f"only {made} forecasts in the live hour"
+    with connect(url) as conn:
+        status = conn.execute("SELECT counters FROM forecaster_status").fetchone()
+        skips = conn.execute("SELECT reason, sum(n) FROM forecast_skips GROUP BY 1").fetchall()
+    assert made > 600 * len(PRODUCTS) * 4, f"only {made} forecasts in the live hour: {status}, skips {skips}"
     res = resources_for(url, tmp_path, PRODUCTS)
+    (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         assert dg.materialize(
             [forecast_scores], partition_key=partition_key(LIVE), resources=res, instance=instance
