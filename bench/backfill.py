@@ -161,6 +161,7 @@ def main() -> None:
         )
 
         res = resources_for(url, Path(home), products)
+        (Path(home) / "dagster").mkdir()
         with dg.instance_for_test(temp_dir=str(Path(home) / "dagster")) as instance:
             ok, wall, _ = run(ASSET_NAMES, res, instance, partition_key(warm), partition_key(warm))
             print(f"warm-up hour {partition_key(warm)}, all assets, one run: {wall:.1f} s (not counted)")
