@@ -56,3 +56,14 @@ def platform_counts(conn: psycopg.Connection) -> PlatformCounts:
 def dagster_run_counts(conn: psycopg.Connection) -> dict[str, int]:
     """Runs per status in Dagster's run storage (dagster-postgres' `runs` table)."""
     return {status: int(n) for status, n in conn.execute("SELECT status, count(*) FROM runs GROUP BY status")}
+
+
+def failing_checks(conn: psycopg.Connection, names: tuple[str, ...]) -> list[str]:
+    """The checks among `names` whose latest execution failed (Dagster's `asset_check_executions` table)."""
+    rows = conn.execute(
+        """SELECT DISTINCT ON (check_name) check_name, execution_status FROM asset_check_executions
+           WHERE check_name = ANY(%s) AND execution_status IN ('SUCCEEDED', 'FAILED')
+           ORDER BY check_name, id DESC""",
+        (list(names),),
+    ).fetchall()
+    return [name for name, status in rows if status == "FAILED"]

@@ -8,19 +8,24 @@ from cb_assets.config import Settings
 from cb_assets.db import hour_runs_store
 from cb_assets.db.connection import connect
 from cb_assets.db.forecast_store import live_skill_by_version, read_status
-from cb_assets.db.status_store import dagster_run_counts, platform_counts
+from cb_assets.db.status_store import dagster_run_counts, failing_checks, platform_counts
 from cb_assets.series.clock import newest_complete_hour
+
+# The freshness checks (defs/freshness.py), named here so the status line needs no Dagster import.
+FRESHNESS_CHECKS = ("raw_ticks_fresh", "champion_fresh", "no_skipped_hours")
 
 
 def _runs(settings: Settings) -> str:
     try:
         with connect(settings.dagster_database_url, autocommit=True, timeout_s=3) as conn:
             by = dagster_run_counts(conn)
+            failing = failing_checks(conn, FRESHNESS_CHECKS)
     except psycopg.Error:
         return "runs: -"
     return (
         f"runs {by.get('SUCCESS', 0)} ok, {by.get('STARTED', 0) + by.get('STARTING', 0)} running, "
         f"{by.get('QUEUED', 0)} queued, {by.get('FAILURE', 0)} failed"
+        + (f"; FAILING checks: {', '.join(failing)}" if failing else "")
     )
 
 
