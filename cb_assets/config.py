@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cb_assets.series.clock import hour_start
+
 DEFAULT_PRODUCTS: tuple[str, ...] = (
     "BTC-USD",
     "ETH-USD",
@@ -188,7 +190,7 @@ def _partitions_start(raw: str) -> str:
     if not _PARTITION_START_RE.match(raw):
         raise ConfigError(f"CB_PARTITIONS_START={raw!r} must be an hour in UTC written YYYY-MM-DD-HH:00")
     try:
-        start = datetime.strptime(raw, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+        start = hour_start(raw)  # the partition key format's one home
     except ValueError as exc:
         raise ConfigError(f"CB_PARTITIONS_START={raw!r} is not a valid date: {exc}") from None
     if start > datetime.now(UTC):

@@ -91,3 +91,14 @@ def test_a_good_champion_passes(database_url: str, tmp_path: Path, scored) -> No
         result = dg.materialize([forecast_scores], partition_key=KEY, resources=res, instance=instance)
     check = result.get_asset_check_evaluations()[0]
     assert check.passed and check.metadata["live_skill_6h"].value == pytest.approx(0.75)
+
+
+def test_models_list_shows_live_skill_beside_held_out(scored, monkeypatch, capsys) -> None:
+    url, good, bad, *_ = scored
+    from cb_assets.cli import main
+
+    monkeypatch.setenv("CB_DATABASE_URL", url)
+    assert main(["models", "list"]) == 0
+    lines = {ln[2:6].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln[2:6].strip().isdigit()}
+    assert "0.7000" in lines[str(good)] and "0.7500" in lines[str(good)]  # held-out, then live
+    assert "-3.0000" in lines[str(bad)]

@@ -41,11 +41,19 @@ def _hours(hours: list[str]) -> str:
     return hours[0] if len(hours) == 1 else f"{hours[0]}..{hours[-1]} ({len(hours)})"
 
 
-def render_versions(rows: list, champion_id: int | None, paused: tuple[bool, str], history: list) -> str:
-    """The `models list` table: one line per version, then the fine-tuning switch and the alias history."""
+def render_versions(
+    rows: list,
+    champion_id: int | None,
+    paused: tuple[bool, str],
+    history: list,
+    live: dict[int, tuple[float, int]] | None = None,
+) -> str:
+    """The `models list` table: one line per version (held-out and live skill side by side, live = pooled over
+    the forecast_scores hours of the version's forecasts), then the fine-tuning switch and the alias history."""
+    live = live or {}
     lines = [
         f"{'':1} {'id':>4} {'kind':9} {'family':9} {'status':8} {'trained on':34} {'held-out':>8} "
-        f"{'ridge':>8} {'gate (network/linear/persistence)':>34}  created"
+        f"{'ridge':>8} {'live':>8} {'scored':>7} {'gate (network/linear/persistence)':>34}  created"
     ]
     for v in rows:
         m = v.metrics or {}
@@ -56,7 +64,8 @@ def render_versions(rows: list, champion_id: int | None, paused: tuple[bool, str
         lines.append(
             f"{'*' if v.id == champion_id else ' ':1} {v.id:>4} {v.kind:9} {v.family:9} {v.status:8} "
             f"{_hours(list(v.partitions)):34} {_fmt(m.get('challenger', {}).get('score')):>8} "
-            f"{_fmt(m.get('ridge', {}).get('score')):>8} {counts:>34}  {v.created_at:%Y-%m-%d %H:%M}"
+            f"{_fmt(m.get('ridge', {}).get('score')):>8} {_fmt(live.get(v.id, (None,))[0]):>8} "
+            f"{live.get(v.id, (0, 0))[1]:>7} {counts:>34}  {v.created_at:%Y-%m-%d %H:%M}"
         )
     lines.append("")
     lines.append(f"champion: {champion_id if champion_id is not None else 'none'} (* above)")
@@ -86,6 +95,7 @@ def _with_registry(fn: Callable) -> Callable[[argparse.Namespace, Settings], int
 
 def _list(conn: object, args: argparse.Namespace) -> int:
     from cb_assets.db import model_registry as registry
+    from cb_assets.db.forecast_store import live_skill_by_version
 
     champion = registry.alias(conn)  # type: ignore[arg-type]
     print(
@@ -94,6 +104,7 @@ def _list(conn: object, args: argparse.Namespace) -> int:
             champion.id if champion else None,
             registry.fine_tuning_paused(conn),  # type: ignore[arg-type]
             registry.alias_history(conn),  # type: ignore[arg-type]
+            live_skill_by_version(conn),  # type: ignore[arg-type]
         )
     )
     if args.gate and champion is not None:
