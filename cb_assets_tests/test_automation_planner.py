@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from cb_assets.automation.planner import (
     DONE,
+    MAX_FINE_TUNE_FAILURES,
     REQUESTED,
     RETRY_WAIT,
     SKIPPED,
@@ -132,6 +133,26 @@ def test_a_failed_fine_tune_folds_its_hours_into_the_next_request() -> None:
     plan = tune(inflight, {0: 3000, 1: 3000, 2: 3000}, outcome=RunOutcome("failure"))
     assert plan.request_hours == (partition_key(h(1)), partition_key(h(2)))
     assert plan.cursor.through == h(0)
+
+
+def test_a_canceled_fine_tune_is_requested_again_under_a_new_run_key_until_it_keeps_failing() -> None:
+    """Dagster launches a run key once: re-requesting the same hours under the old key would be dropped and
+    fine-tuning would stall for good."""
+    valid = {0: 3000, 1: 3000}
+    plan = tune(FineTuneCursor(), valid)
+    keys = [plan.request_key]
+    for _ in range(MAX_FINE_TUNE_FAILURES):
+        plan = tune(plan.cursor, valid, outcome=RunOutcome("canceled"))
+        keys.append(plan.request_key)
+        assert plan.request_hours in ((), (partition_key(h(0)), partition_key(h(1))))
+    assert None not in keys[:-1] and len(set(keys[:-1])) == MAX_FINE_TUNE_FAILURES
+    assert keys[-1] is None and "failed" in (plan.waiting or "")  # no run per sensor tick for a lasting fault
+    assert tune(plan.cursor, valid).request_key is None
+
+    plan = tune(plan.cursor, {**valid, 2: 3000})  # a new hour: the failed ones go with it
+    assert plan.request_hours == tuple(partition_key(h(i)) for i in range(3)) and plan.request_key not in keys
+    done = tune(plan.cursor, {**valid, 2: 3000}, outcome=RunOutcome("success"))
+    assert done.cursor == FineTuneCursor(through=h(2))
 
 
 def test_an_hour_not_there_yet_holds_fine_tuning_in_order() -> None:

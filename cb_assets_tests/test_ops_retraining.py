@@ -4,7 +4,9 @@ Six stored hours, the third of them (H2) with a tick of negative price: its chai
 after the (shortened) retry delays, and is then recorded as skipped with its error; the hours after it are
 materialised (H3 starting cold after the gap) and the platform still gets its first model and learns H3 and
 H4. Then the platform is stopped, three more data-hours arrive, and after the restart every new hour is
-materialised and fine-tuned unattended.
+materialised and fine-tuned unattended; the first fine-tune run of that session is terminated while it
+trains, and its hours are learned by a later run. Across both sessions and the restart no hour is
+materialised by two successful runs.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from cb_assets.db.connection import connect
 from cb_assets.feed.seed import simulate_rows, write_rows
 from cb_assets.series.clock import partition_key
 from cb_assets.series.window_store import WindowStore
-from cb_assets_tests.dagster_dev_support import dagster_dev
+from cb_assets_tests.dagster_dev_support import DagsterDev, dagster_dev
+from cb_assets_tests.ticks_support import wait_until
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 START = datetime(2024, 3, 1, tzinfo=UTC)
@@ -30,13 +34,7 @@ def H(i: int) -> datetime:
 
 
 def _wait(what, timeout_s: float, message: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(message)
+    return wait_until(what, timeout_s, message, every_s=2)
 
 
 def _hour_state(url: str, hour: datetime) -> tuple | None:
@@ -52,6 +50,59 @@ def _learned(url: str) -> set[str]:
         return {
             r[0] for r in conn.execute("SELECT DISTINCT unnest(partitions) FROM model_versions").fetchall()
         }
+
+
+_ENDED = (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS)
+
+
+def _started_fine_tune(dev: DagsterDev, after: datetime) -> dg.DagsterRun | None:
+    """A fine-tune run of this session (one left STARTED when the last session stopped is not)."""
+    with dev.instance() as instance:
+        records = instance.get_run_records(
+            dg.RunsFilter(
+                job_name="fine_tune_job", statuses=[dg.DagsterRunStatus.STARTED], created_after=after
+            ),
+            limit=1,
+        )
+    return records[0].dagster_run if records else None
+
+
+def _terminate(dev: DagsterDev, run_id: str) -> None:
+    data = dev.graphql(
+        "mutation($id: String!) { terminateRun(runId: $id) { __typename ... on PythonError { message } } }",
+        {"id": run_id},
+    )
+    assert data["terminateRun"]["__typename"] == "TerminateRunSuccess", data
+
+
+def _run_status(dev: DagsterDev, run_id: str) -> dg.DagsterRunStatus:
+    with dev.instance() as instance:
+        run = instance.get_run_by_id(run_id)
+    assert run is not None
+    return run.status
+
+
+def _hours_materialised_by_successful_chain_runs(dev: DagsterDev) -> list[str]:
+    """One entry per (successful chain run, hour it covered): a repeated hour means it was requested twice."""
+    hours: list[str] = []
+    with dev.instance() as instance:
+        records = instance.get_run_records(
+            dg.RunsFilter(job_name="hourly_assets_job", statuses=[dg.DagsterRunStatus.SUCCESS])
+        )
+        for record in records:
+            tags = record.dagster_run.tags
+            if "dagster/partition" in tags:
+                hours.append(tags["dagster/partition"])
+                continue
+            first = tags["dagster/asset_partition_range_start"]
+            last = tags["dagster/asset_partition_range_end"]
+            i = next(i for i in range(24) if partition_key(H(i)) == first)
+            while True:
+                hours.append(partition_key(H(i)))
+                if hours[-1] == last:
+                    break
+                i += 1
+    return hours
 
 
 @pytest.mark.slow
@@ -99,21 +150,36 @@ def test_a_failing_hour_is_skipped_learning_goes_on_and_downtime_is_caught_up(
 
     # Down for three data-hours: they arrive while nothing runs; the restarted platform catches up alone.
     write_rows(url, [r for r in rows if r[1] >= H(6)])  # complete through H7
-    restarted = time.monotonic()
-    with dagster_dev(env, tmp_path):
+    restarted, restarted_at = time.monotonic(), datetime.now(UTC)
+    with dagster_dev(env, tmp_path) as dev:
+        killed = _wait(
+            lambda: _started_fine_tune(dev, restarted_at), 600, "no fine-tune run started after the restart"
+        )
+        _terminate(dev, killed.run_id)
+        killed_hours = set(killed.tags["cb/hours"].split(","))
+        ended = _wait(
+            lambda: (status := _run_status(dev, killed.run_id)) in _ENDED and status,
+            180,
+            "the terminated fine-tune run did not end",
+        )
+        assert ended == dg.DagsterRunStatus.CANCELED, ended
+        assert not killed_hours <= _learned(url)  # killed before it registered a version
         _wait(
             lambda: all(store.exists(partition_key(H(i))) for i in (5, 6, 7)),
             600,
             "the missed hours were not materialised",
         )
         _wait(
-            lambda: {partition_key(H(i)) for i in (5, 6, 7)} <= _learned(url),
+            lambda: {partition_key(H(i)) for i in (5, 6, 7)} | killed_hours <= _learned(url),
             900,
-            "the missed hours were not learned",
+            "the missed hours (and those of the terminated run) were not learned",
         )
         caught_up_s = time.monotonic() - restarted
+        chain_hours = _hours_materialised_by_successful_chain_runs(dev)
+    assert sorted(chain_hours) == sorted({partition_key(H(i)) for i in range(8) if i != 2}), chain_hours
     print(
         f"\nretraining drill: H2 skipped after {attempts} attempts in {skipped_s:.0f} s ({error[:80]}...); "
         f"H3/H4 learned {first_model_s:.0f} s after start; after a restart the three missed hours were "
-        f"materialised and learned in {caught_up_s:.0f} s"
+        f"materialised and learned in {caught_up_s:.0f} s, "
+        f"including the hours {sorted(killed_hours)} of a fine-tune run terminated while it trained"
     )

@@ -19,32 +19,14 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cb_assets.db.connection import connect
 from cb_assets.stream.sink import Sink, SinkConfig
 from cb_assets.stream.ticks import Rejection, parse_tick
+from cb_assets_tests.ticks_support import ticker_message
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD")
 BASE = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def tick(product: str, i: int, **overrides: object) -> dict:
-    price = 100.0 + i * 0.01
-    msg = {
-        "product_id": product,
-        "price": f"{price:.2f}",
-        "volume_24_h": "1234.5",
-        "low_24_h": f"{price - 5:.2f}",
-        "high_24_h": f"{price + 5:.2f}",
-        "low_52_w": "10",
-        "high_52_w": "1000",
-        "price_percent_chg_24_h": "-1.25",
-        "best_bid": None,
-        "best_ask": None,
-        # Nanosecond precision as Coinbase sends it; the sink floors to microseconds.
-        "time": (BASE + timedelta(seconds=5 * i)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "789Z",
-        "sequence_num": i,
-        "source": "simulated",
-        "connection_id": "test",
-    }
-    msg.update(overrides)
-    return msg
+    return ticker_message(product, BASE + timedelta(seconds=5 * i), i, **overrides)
 
 
 MALFORMED: list[tuple[bytes, str]] = [

@@ -16,6 +16,7 @@ from cb_assets.stream import copy_binary
 from cb_assets.stream.tick_batch import clean_text, decode_batch, parse_times_us
 from cb_assets.stream.tick_columns import TickColumns, datetime_to_us
 from cb_assets.stream.ticks import Rejection, TickRow, parse_tick
+from cb_assets_tests.ticks_support import ticker_message
 
 PRODUCTS = ("BTC-USD", "ETH-USD", "SOL-USD", "ÉTH-€")
 NOW = datetime(2024, 3, 2, 0, 0, tzinfo=UTC)
@@ -23,25 +24,7 @@ BASE = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def tick(i: int, product: str = "BTC-USD", **overrides: object) -> dict:
-    price = 100.0 + i * 0.01
-    msg = {
-        "product_id": product,
-        "price": f"{price:.2f}",
-        "volume_24_h": "1234.5",
-        "low_24_h": f"{price - 5:.2f}",
-        "high_24_h": f"{price + 5:.2f}",
-        "low_52_w": "10",
-        "high_52_w": "1000",
-        "price_percent_chg_24_h": "-1.25",
-        "best_bid": None,
-        "best_ask": None,
-        "time": (BASE + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "789Z",
-        "sequence_num": i,
-        "source": "simulated",
-        "connection_id": "test",
-    }
-    msg.update(overrides)
-    return msg
+    return ticker_message(product, BASE + timedelta(seconds=i), i, **overrides)
 
 
 def without(d: dict, *keys: str) -> dict:

@@ -145,6 +145,7 @@ class FineTuneCursor:
     inflight_key: str | None = None
     inflight_hours: tuple[str, ...] = ()
     carry: tuple[str, ...] = ()  # hours of a failed fine-tune run, folded into the next request
+    failures: int = 0  # fine-tune runs failed or canceled in a row
 
 
 @dataclass
@@ -153,6 +154,12 @@ class FineTunePlan:
     request_hours: tuple[str, ...] = ()
     request_key: str | None = None
     passed_over: list[str] = field(default_factory=list)
+    waiting: str | None = None  # why nothing is requested although hours are ready
+
+
+# After this many failed fine-tunes in a row the same hours are not tried again until a new hour is ready:
+# a failure that repeats would otherwise launch a run per sensor tick.
+MAX_FINE_TUNE_FAILURES = 3
 
 
 def plan_fine_tune(
@@ -175,7 +182,9 @@ def plan_fine_tune(
             cursor = FineTuneCursor(through=max(cursor.through, _h(last)) if cursor.through else _h(last))
         else:
             cursor = FineTuneCursor(
-                through=cursor.through, carry=tuple(sorted({*cursor.carry, *cursor.inflight_hours}))
+                through=cursor.through,
+                carry=tuple(sorted({*cursor.carry, *cursor.inflight_hours})),
+                failures=cursor.failures + 1,
             )
     if paused or requested_through is None:
         return FineTunePlan(cursor)
@@ -198,10 +207,24 @@ def plan_fine_tune(
     ready = sorted(set(ready))
     if not ready:
         return FineTunePlan(replace(cursor, through=scanned_to), passed_over=passed)
-    key = f"finetune:{ready[0]}..{ready[-1]}"
+    if cursor.failures >= MAX_FINE_TUNE_FAILURES and set(ready) <= set(cursor.carry):
+        return FineTunePlan(
+            cursor,
+            passed_over=passed,
+            waiting=f"{cursor.failures} fine-tunes of {ready[0]}..{ready[-1]} failed; trying again with the "
+            "next hour",
+        )
+    # A run key is used once: a retry of the same hours needs its own.
+    key = f"finetune:{ready[0]}..{ready[-1]}" + (f":attempt{cursor.failures + 1}" if cursor.failures else "")
     # The cursor moves when the run succeeds; hours passed over are behind it already.
     return FineTunePlan(
-        FineTuneCursor(through=cursor.through, inflight_key=key, inflight_hours=tuple(ready)),
+        FineTuneCursor(
+            through=cursor.through,
+            inflight_key=key,
+            inflight_hours=tuple(ready),
+            carry=cursor.carry,
+            failures=cursor.failures,
+        ),
         request_hours=tuple(ready),
         request_key=key,
         passed_over=passed,

@@ -48,7 +48,7 @@ DIGESTS: dict[str, str] = {
     "filled_series": "3606c56852f0a179",
     "indicators": "2fd37ee83187dc85",
     "training_windows": "efe38d8da5bbdb97",
-    "price_model": "8bead1f9a5a02b3e",
+    "price_model": "77e644dd26460b52",
     "forecast_scores": "2aeebad87f9db29d",
 }
 

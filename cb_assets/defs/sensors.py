@@ -51,6 +51,7 @@ class SensorCursor:
     fine_tune_inflight: str | None = None
     fine_tune_inflight_hours: list[str] = field(default_factory=list)
     fine_tune_carry: list[str] = field(default_factory=list)
+    fine_tune_failures: int = 0
     scored_through: str | None = None
     newest_tick: str | None = None
     newest_received_at: str | None = None
@@ -71,6 +72,7 @@ class SensorCursor:
             inflight_key=self.fine_tune_inflight,
             inflight_hours=tuple(self.fine_tune_inflight_hours),
             carry=tuple(self.fine_tune_carry),
+            failures=self.fine_tune_failures,
         )
 
     def set_fine_tune(self, c: FineTuneCursor) -> None:
@@ -78,6 +80,7 @@ class SensorCursor:
         self.fine_tune_inflight = c.inflight_key
         self.fine_tune_inflight_hours = list(c.inflight_hours)
         self.fine_tune_carry = list(c.carry)
+        self.fine_tune_failures = c.failures
 
 
 def run_outcome(instance: dg.DagsterInstance, run_key: str) -> RunOutcome | None:
@@ -194,6 +197,8 @@ def raw_ticks_sensor(
         paused=paused,
     )
     cursor.set_fine_tune(tune.cursor)
+    if tune.waiting:
+        context.log.warning(tune.waiting)
     if tune.passed_over:
         context.log.info("not fine-tuning on %s: skipped, or too few valid windows", tune.passed_over)
     if tune.request_key:

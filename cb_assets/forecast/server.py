@@ -111,7 +111,11 @@ class HttpServer:
 
     def __init__(self, hub: ForecastHub, host: str, port: int) -> None:
         self.hub = hub
-        config = uvicorn.Config(build_app(hub), host=host, port=port, log_level="warning", lifespan="off")
+        # log_config=None: uvicorn's own dictConfig would replace the process's logging set-up (and close
+        # every handler other components installed); its loggers propagate to ours instead.
+        config = uvicorn.Config(
+            build_app(hub), host=host, port=port, log_level="warning", lifespan="off", log_config=None
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="forecast-http", daemon=True)
 

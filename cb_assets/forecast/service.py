@@ -5,7 +5,8 @@
    was received, in the forecaster's own consumer group. Ticks already reflected in the state are late and
    left out, so a restart neither skips nor doubles a tick.
 2. Each consumed batch adds ticks; a second is closed when a newer second has ticks, or when its own ticks
-   have waited `linger_ms` for the rest of their frame (other partitions). Closing seconds steps the engine.
+   have waited `linger_ms` for the rest of their frame, and never while a partition with unread messages
+   has not delivered past it (partitions.py). Closing seconds steps the engine.
 3. When new seconds were closed (at most every `every_s` data seconds) the champion forecasts every product
    and horizon from the window ending at the newest second, unless a guard says why not (guards.py). Rows
    go to the ledger writer (never blocking) and to the HTTP/SSE hub.
@@ -38,6 +39,7 @@ from cb_assets.db.raw_store import raw_clock, read_raw_ticks
 from cb_assets.forecast import guards
 from cb_assets.forecast.engine import LiveEngine
 from cb_assets.forecast.ledger import LedgerWriter
+from cb_assets.forecast.partitions import OFFSET_BEGINNING, PartitionProgress, log_end, unread_messages
 from cb_assets.forecast.server import ForecastHub, HttpServer
 from cb_assets.series.clock import HOUR
 from cb_assets.series.hourly import ticks_by_product
@@ -147,6 +149,8 @@ class Forecaster:
         self._state = "starting"
         self._rewind_to_ms: int | None = None
         self._conn: psycopg.Connection | None = None
+        self._consumer: Consumer | None = None
+        self.progress = PartitionProgress()
         self._next = {"champion": 0.0, "score": 0.0, "status": 0.0, "retention": 0.0, "stale": 0.0}
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -156,7 +160,7 @@ class Forecaster:
         if self.http is not None:
             self.http.start()
         self._init_from_database(stop)
-        consumer = Consumer(self._consumer_config())
+        consumer = self._consumer = Consumer(self._consumer_config())
         consumer.subscribe([self.settings.topic], on_assign=self._on_assign)
         log.info("forecaster started: products %s, port %s", ",".join(self.products), self.cfg.port)
         try:
@@ -195,6 +199,7 @@ class Forecaster:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._rewind_to_ms is None:
+            self.progress.assigned((tp.partition, OFFSET_BEGINNING) for tp in partitions)
             consumer.assign(partitions)  # nothing stored yet: the whole topic (auto.offset.reset=earliest)
             return
         wanted = [TopicPartition(p.topic, p.partition, self._rewind_to_ms) for p in partitions]
@@ -205,7 +210,8 @@ class Forecaster:
             found = partitions
         for tp in found:
             if tp.offset < 0:  # nothing produced since: start at the end
-                tp.offset = -1  # OFFSET_END
+                tp.offset = log_end(consumer, tp)
+        self.progress.assigned((tp.partition, tp.offset) for tp in found)
         consumer.assign(found)
 
     def _init_from_database(self, stop: threading.Event) -> None:
@@ -254,6 +260,7 @@ class Forecaster:
                 continue
             products.append(row[0])
             times.append(_ns(row[1]))
+            self.progress.seen(m.partition(), _second_of(times[-1]))
             values.append(row[2:9])
         if not products:
             return
@@ -276,6 +283,11 @@ class Forecaster:
         upto = second if (time.monotonic() - since) * 1000 >= self.cfg.linger_ms else second - 1
         if upto < self.engine.next_second:
             return
+        if self._consumer is not None:  # and never before a lagging partition's ticks are in (partitions.py)
+            unread = unread_messages(self._consumer, self.progress)
+            upto = self.progress.closable(upto, unread, floor=self.engine.next_second - 1)
+            if upto < self.engine.next_second:
+                return
         # Each second that received ticks is an anchor (a replay running ahead must not skip frames).
         for tick_second in self.engine.seconds_with_ticks(upto):
             self.engine.advance_to(tick_second)

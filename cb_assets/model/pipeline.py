@@ -260,13 +260,9 @@ def train_initial(older: Sequence[WindowSet], newest: WindowSet, settings: Train
         result = train_model(
             model,
             res_fit,
-            epochs=settings.epochs,
             learning_rate=settings.learning_rate,
-            batch_size=settings.batch_size,
-            stride=settings.stride_for(n_train),
-            seed=settings.seed,
-            weight_decay=settings.weight_decay,
             calibration_sets=residual_sets(calibration_sets, lm),
+            **settings.step_options(n_train),
         )
         timings["network_seconds"] = result.seconds
     start = time.perf_counter()
@@ -359,12 +355,8 @@ def fine_tune_champion(
         residual_sets(replay_sets, lm),
         learning_rate=settings.fine_tune_learning_rate,
         replay_fraction=settings.replay_fraction,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        stride=settings.stride_for(n_train),
-        seed=settings.seed,
-        weight_decay=settings.weight_decay,
         calibration_sets=residual_sets(calibration_sets, lm),
+        **settings.step_options(n_train),
     )
     timings["network_seconds"] = result.seconds
     set_linear(challenger, lm)

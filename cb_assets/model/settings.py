@@ -126,6 +126,16 @@ class TrainSettings:
         """The stride to train `n_windows` valid windows with: the fixed one, or auto_stride's."""
         return self.stride if self.stride is not None else auto_stride(n_windows)
 
+    def step_options(self, n_windows: int) -> dict:
+        """The optimiser options that training from scratch and fine-tuning share, for `n_windows` windows."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "stride": self.stride_for(n_windows),
+            "seed": self.seed,
+            "weight_decay": self.weight_decay,
+        }
+
 
 TRAIN_DEFAULTS = TrainSettings()
 

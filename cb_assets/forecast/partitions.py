@@ -1,0 +1,97 @@
+"""Where each partition of the ticks topic stands, so that no second closes before its ticks are in.
+
+Ticks of one data second are spread over partitions (keyed by product). While the forecaster catches up on a
+backlog (after a start, a pause of the process, a replay faster than real time), librdkafka hands over each
+partition's fetched messages as one block, so one partition's ticks can run minutes of data ahead of
+another's. Closing seconds on the leading partition's clock would turn the other partitions' ticks into late
+ticks, dropped: a whole product would look silent and every forecast would be refused as out of range.
+
+A second therefore closes only once every partition that still has unread messages (its consumed position
+below the high watermark the broker last reported) has delivered ticks past it. A partition that is caught up
+holds nothing back, so a quiet product never stalls the others. Should a partition report unread messages
+that never come, the hold gives way after `max_hold_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+log = logging.getLogger(__name__)
+
+OFFSET_BEGINNING = -2
+
+
+@dataclass
+class PartitionProgress:
+    max_hold_s: float = 5.0
+    newest_s: dict[int, int] = field(default_factory=dict)  # newest data second seen per partition
+    start: dict[int, int] = field(default_factory=dict)  # offset each partition was assigned at
+    _held_since: float | None = None
+
+    def assigned(self, partitions: Iterable[tuple[int, int]]) -> None:
+        for partition, offset in partitions:
+            self.start[partition] = offset
+            self.newest_s.pop(partition, None)
+
+    def seen(self, partition: int, second: int) -> None:
+        if second > self.newest_s.get(partition, second - 1):
+            self.newest_s[partition] = second
+
+    def closable(self, upto: int, unread: dict[int, int], floor: int) -> int:
+        """The newest second up to `upto` that may close, given each partition's unread-message count.
+
+        `floor` is the newest second already closed: a lagging partition that has shown nothing yet holds
+        everything after it.
+        """
+        held = [self.newest_s.get(p, floor + 1) - 1 for p, n in unread.items() if n > 0]
+        bound = min(held, default=upto)
+        if bound >= upto:
+            self._held_since = None
+            return upto
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        elif now - self._held_since > self.max_hold_s:
+            log.warning("partitions %s report unread messages that do not arrive; closing seconds anyway",
+                        sorted(p for p, n in unread.items() if n > 0))  # fmt: skip
+            self._held_since = None
+            return upto
+        return max(bound, floor)
+
+
+def unread_messages(consumer: Consumer, progress: PartitionProgress) -> dict[int, int]:
+    """Per assigned partition, messages between the consumed position and the last reported high watermark.
+
+    Both come from the client's cache (no broker round trip); a partition whose watermark is not known yet
+    is left out.
+    """
+    try:
+        positions = consumer.position(consumer.assignment())
+    except KafkaException:
+        return {}
+    unread: dict[int, int] = {}
+    for tp in positions:
+        low, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high < 0:
+            continue
+        position = tp.offset
+        if position < 0:  # nothing consumed yet: from where it was assigned
+            start = progress.start.get(tp.partition, OFFSET_BEGINNING)
+            position = start if start >= 0 else low
+        unread[tp.partition] = max(0, high - position)
+    return unread
+
+
+def log_end(consumer: Consumer, tp: TopicPartition) -> int:
+    """The partition's end offset as it is now (the logical end offset would be resolved only when fetching
+    starts, skipping whatever a producer writes in between); the beginning when the broker cannot say."""
+    try:
+        return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+    except Exception as exc:  # a re-read is harmless: the ledger keeps first writes
+        log.warning("log end of partition %d unknown (%s); reading it from its start", tp.partition, exc)
+        return OFFSET_BEGINNING
