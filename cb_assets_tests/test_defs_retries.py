@@ -16,6 +16,7 @@ from cb_assets.db.connection import connect, database_name, with_database
 from cb_assets.defs.filled_series import filled_series
 from cb_assets.defs.raw_ticks import raw_ticks
 from cb_assets.defs.resources import resources_for
+from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.feed.seed import simulate_rows, write_rows
 from cb_assets.stack.dagster_home import write_instance_yaml
 
@@ -92,3 +93,31 @@ def test_invalid_ticks_fail_at_once_without_retries(make_database, instance, tmp
     assert not _events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)
     failure = _events(result, dg.DagsterEventType.STEP_FAILURE)[0]
     assert "price_positive: 2 rows" in failure.step_failure_data.error.message  # one frame, two products
+
+
+def _interrupted_asset(cancel: bool) -> dg.AssetsDefinition:
+    """An asset whose first attempt is interrupted, as a run termination does (after marking the run
+    CANCELING when `cancel`) or as a worker shutting down does."""
+
+    @dg.asset(name="interrupted", retry_policy=RETRY_POLICY)
+    @deterministic_failures
+    def interrupted(context) -> None:  # unannotated: Dagster cannot resolve a string annotation here
+        if context.retry_number == 0:
+            if cancel:
+                context.instance.report_run_canceling(context.dagster_run)
+            raise dg.DagsterExecutionInterruptedError()
+
+    return interrupted
+
+
+def test_a_terminated_run_is_canceled_not_retried_while_other_interrupts_keep_their_retry() -> None:
+    with dg.DagsterInstance.ephemeral() as instance:
+        terminated = dg.materialize(
+            [_interrupted_asset(cancel=True)], instance=instance, raise_on_error=False
+        )
+        assert not _events(terminated, dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        run = instance.get_run_by_id(terminated.run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.CANCELED
+
+        shutdown = dg.materialize([_interrupted_asset(cancel=False)], instance=instance, raise_on_error=False)
+        assert _events(shutdown, dg.DagsterEventType.STEP_UP_FOR_RETRY) and shutdown.success

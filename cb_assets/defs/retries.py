@@ -6,6 +6,11 @@ with time (PostgreSQL connection lost or refusing, a serialization conflict, the
 they are and the op's RETRY_POLICY tries again with exponential backoff; anything else (a schema violation,
 an hour with invalid raw ticks, a bug) becomes a Failure that is not retried, since it would fail the same way.
 Runs that die as a whole (the run worker killed) are retried by Dagster's run retries (dagster.yaml).
+
+Dagster also applies the RetryPolicy to interrupts, and terminating a run is an interrupt: a terminated
+fine-tune would start again inside the same run and succeed as if nobody had asked it to stop. An interrupt
+of a run that is being canceled therefore becomes a Failure that is not retried, and the run ends CANCELED;
+any other interrupt (a worker shutting down) keeps Dagster's behaviour.
 """
 
 from __future__ import annotations
@@ -47,6 +52,24 @@ def _final(exc: BaseException) -> BaseException:
     return dg.Failure(description=f"{type(exc).__name__}: {exc}", allow_retries=False)
 
 
+_INTERRUPTS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
+
+
+def _run_is_being_canceled(args: tuple[Any, ...]) -> bool:
+    context = next((a for a in args if isinstance(a, dg.OpExecutionContext | dg.AssetExecutionContext)), None)
+    if context is None:
+        return False
+    try:
+        run = context.instance.get_run_by_id(context.run_id)
+    except Exception:  # the instance unreachable: keep Dagster's default
+        return False
+    return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+
+
+def _terminated() -> dg.Failure:
+    return dg.Failure(description="the run was terminated", allow_retries=False)
+
+
 def deterministic_failures(fn: F) -> F:
     """Wrap an asset's compute function (plain or generator) as described in the module docstring."""
     if inspect.isgeneratorfunction(fn):
@@ -55,6 +78,10 @@ def deterministic_failures(fn: F) -> F:
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 yield from fn(*args, **kwargs)
+            except _INTERRUPTS as exc:
+                if _run_is_being_canceled(args):
+                    raise _terminated() from exc
+                raise
             except Exception as exc:
                 final = _final(exc)
                 if final is exc:
@@ -67,6 +94,10 @@ def deterministic_failures(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except _INTERRUPTS as exc:
+            if _run_is_being_canceled(args):
+                raise _terminated() from exc
+            raise
         except Exception as exc:
             final = _final(exc)
             if final is exc:

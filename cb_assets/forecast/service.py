@@ -37,6 +37,7 @@ from cb_assets.db.connection import connect
 from cb_assets.db.forecast_store import LedgerRow, add_skips, drop_summarised, score_due, write_status
 from cb_assets.db.raw_store import raw_clock, read_raw_ticks
 from cb_assets.forecast import guards
+from cb_assets.forecast.champion import Champion, limit_tensorflow_threads, load_champion
 from cb_assets.forecast.engine import LiveEngine
 from cb_assets.forecast.ledger import LedgerWriter
 from cb_assets.forecast.partitions import OFFSET_BEGINNING, PartitionProgress, log_end, unread_messages
@@ -68,34 +69,6 @@ def _second_of(t_ns: int) -> int:
 
 def _utc(second: int) -> datetime:
     return datetime.fromtimestamp(second, tz=UTC)
-
-
-@dataclass
-class Champion:
-    version_id: int
-    model: Any  # keras.Model
-    products: tuple[str, ...]
-    feature_names: tuple[str, ...]
-    mean: np.ndarray
-    std: np.ndarray
-    mismatch: str | None
-
-
-def load_champion(version_id: int, path: str, products: Sequence[str]) -> Champion:
-    from cb_assets.model.network import column_names_of, feature_stats_of, load_model
-
-    model = load_model(path)
-    names, _ = column_names_of(model)
-    mean, std = feature_stats_of(model)
-    return Champion(
-        version_id=version_id,
-        model=model,
-        products=tuple(products),
-        feature_names=tuple(names or ()),
-        mean=np.asarray(mean, np.float64),
-        std=np.asarray(std, np.float64),
-        mismatch=guards.inputs_mismatch(names, products),
-    )
 
 
 @dataclass
@@ -155,7 +128,7 @@ class Forecaster:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> ForecasterStats:
-        _limit_tensorflow_threads(self.cfg.threads)
+        limit_tensorflow_threads(self.cfg.threads)
         self.ledger.start()
         if self.http is not None:
             self.http.start()
@@ -440,14 +413,3 @@ def _payload(version_id: int, anchor: datetime, rows: Sequence[LedgerRow]) -> di
         "made_at_unix": time.time(),
         "forecasts": list(by_product.values()),
     }
-
-
-def _limit_tensorflow_threads(threads: int) -> None:
-    """Bound TensorFlow's thread pools before it starts, so the sink and Dagster keep their share."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised (tests that trained a model in this process)
-        pass
