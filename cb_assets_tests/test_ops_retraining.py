@@ -3,7 +3,7 @@
 Six stored hours, the third of them (H2) with a tick of negative price: its chain fails, is requested again
 after the (shortened) retry delays, and is then recorded as skipped with its error; the hours after it are
 materialised (H3 starting cold after the gap) and the platform still gets its first model and learns H3 and
-H4. Then the platform is stopped, three more data-hours arrive, and after the restart every new hour is
+H4. Then the platform is stopped, five more data-hours arrive, and after the restart every new hour is
 materialised and fine-tuned unattended; the first fine-tune run of that session is terminated while it
 trains, and its hours are learned by a later run. Across both sessions and the restart no hour is
 materialised by two successful runs.
@@ -31,6 +31,9 @@ START = datetime(2024, 3, 1, tzinfo=UTC)
 
 def H(i: int) -> datetime:
     return START + timedelta(hours=i)
+
+
+MISSED = range(5, 10)  # the data-hours that arrive while the platform is down
 
 
 def _wait(what, timeout_s: float, message: str):
@@ -119,7 +122,7 @@ def test_a_failing_hour_is_skipped_learning_goes_on_and_downtime_is_caught_up(
         "CB_SENSOR_INTERVAL_S": "5",
         "CB_HOUR_RETRY_DELAYS_S": "2,4,8",
     }
-    _, rows = simulate_rows(PRODUCTS, START, 9, seed=13)
+    _, rows = simulate_rows(PRODUCTS, START, 11, seed=13)
     write_rows(url, [r for r in rows if r[1] < H(6)])  # complete through H4
     with connect(url) as conn:
         conn.execute(
@@ -148,8 +151,8 @@ def test_a_failing_hour_is_skipped_learning_goes_on_and_downtime_is_caught_up(
     )
     assert partition_key(H(2)) not in _learned(url)
 
-    # Down for three data-hours: they arrive while nothing runs; the restarted platform catches up alone.
-    write_rows(url, [r for r in rows if r[1] >= H(6)])  # complete through H7
+    # Down for five data-hours: they arrive while nothing runs; the restarted platform catches up alone.
+    write_rows(url, [r for r in rows if r[1] >= H(6)])  # complete through H9
     restarted, restarted_at = time.monotonic(), datetime.now(UTC)
     with dagster_dev(env, tmp_path) as dev:
         killed = _wait(
@@ -165,21 +168,21 @@ def test_a_failing_hour_is_skipped_learning_goes_on_and_downtime_is_caught_up(
         assert ended == dg.DagsterRunStatus.CANCELED, ended
         assert not killed_hours <= _learned(url)  # killed before it registered a version
         _wait(
-            lambda: all(store.exists(partition_key(H(i))) for i in (5, 6, 7)),
+            lambda: all(store.exists(partition_key(H(i))) for i in MISSED),
             600,
             "the missed hours were not materialised",
         )
         _wait(
-            lambda: {partition_key(H(i)) for i in (5, 6, 7)} | killed_hours <= _learned(url),
+            lambda: {partition_key(H(i)) for i in MISSED} | killed_hours <= _learned(url),
             900,
             "the missed hours (and those of the terminated run) were not learned",
         )
         caught_up_s = time.monotonic() - restarted
         chain_hours = _hours_materialised_by_successful_chain_runs(dev)
-    assert sorted(chain_hours) == sorted({partition_key(H(i)) for i in range(8) if i != 2}), chain_hours
+    assert sorted(chain_hours) == sorted({partition_key(H(i)) for i in range(10) if i != 2}), chain_hours
     print(
         f"\nretraining drill: H2 skipped after {attempts} attempts in {skipped_s:.0f} s ({error[:80]}...); "
-        f"H3/H4 learned {first_model_s:.0f} s after start; after a restart the three missed hours were "
+        f"H3/H4 learned {first_model_s:.0f} s after start; after a restart the five missed hours were "
         f"materialised and learned in {caught_up_s:.0f} s, "
         f"including the hours {sorted(killed_hours)} of a fine-tune run terminated while it trained"
     )
