@@ -53,6 +53,7 @@ def _final(exc: BaseException) -> BaseException:
 
 
 _INTERRUPTS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
+_CAUGHT = (Exception, *_INTERRUPTS)  # never GeneratorExit or SystemExit
 
 
 def _run_is_being_canceled(args: tuple[Any, ...]) -> bool:
@@ -66,8 +67,14 @@ def _run_is_being_canceled(args: tuple[Any, ...]) -> bool:
     return run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 
 
-def _terminated() -> dg.Failure:
-    return dg.Failure(description="the run was terminated", allow_retries=False)
+def _replacement(exc: BaseException, args: tuple[Any, ...]) -> BaseException | None:
+    """What to raise instead of `exc`; None: `exc` itself."""
+    if isinstance(exc, _INTERRUPTS):
+        if _run_is_being_canceled(args):
+            return dg.Failure(description="the run was terminated", allow_retries=False)
+        return None
+    final = _final(exc)
+    return None if final is exc else final
 
 
 def deterministic_failures(fn: F) -> F:
@@ -78,15 +85,11 @@ def deterministic_failures(fn: F) -> F:
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 yield from fn(*args, **kwargs)
-            except _INTERRUPTS as exc:
-                if _run_is_being_canceled(args):
-                    raise _terminated() from exc
-                raise
-            except Exception as exc:
-                final = _final(exc)
-                if final is exc:
+            except _CAUGHT as exc:
+                replacement = _replacement(exc, args)
+                if replacement is None:
                     raise
-                raise final from exc
+                raise replacement from exc
 
         return gen_wrapper  # type: ignore[return-value]
 
@@ -94,14 +97,10 @@ def deterministic_failures(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _INTERRUPTS as exc:
-            if _run_is_being_canceled(args):
-                raise _terminated() from exc
-            raise
-        except Exception as exc:
-            final = _final(exc)
-            if final is exc:
+        except _CAUGHT as exc:
+            replacement = _replacement(exc, args)
+            if replacement is None:
                 raise
-            raise final from exc
+            raise replacement from exc
 
     return wrapper  # type: ignore[return-value]
