@@ -8,8 +8,9 @@ ticks, dropped: a whole product would look silent and every forecast would be re
 
 A second therefore closes only once every partition that still has unread messages (its consumed position
 below the high watermark the broker last reported) has delivered ticks past it. A partition that is caught up
-holds nothing back, so a quiet product never stalls the others. Should a partition report unread messages
-that never come, the hold gives way after `max_hold_s`.
+holds nothing back, so a quiet product never stalls the others. A partition that reports unread messages but
+delivers nothing newer for `max_hold_s` stops holding (a slow but moving catch-up keeps its hold, however
+long it takes).
 """
 
 from __future__ import annotations
@@ -31,16 +32,22 @@ class PartitionProgress:
     max_hold_s: float = 5.0
     newest_s: dict[int, int] = field(default_factory=dict)  # newest data second seen per partition
     start: dict[int, int] = field(default_factory=dict)  # offset each partition was assigned at
-    _held_since: float | None = None
+    _waiting_since: dict[int, float] = field(default_factory=dict)  # lagging, and nothing newer since
+    _gave_way: set[int] = field(default_factory=set)
 
     def assigned(self, partitions: Iterable[tuple[int, int]]) -> None:
         for partition, offset in partitions:
             self.start[partition] = offset
             self.newest_s.pop(partition, None)
+            self._waiting_since.pop(partition, None)
+            self._gave_way.discard(partition)
 
     def seen(self, partition: int, second: int) -> None:
         if second > self.newest_s.get(partition, second - 1):
             self.newest_s[partition] = second
+            if partition in self._waiting_since:
+                self._waiting_since[partition] = time.monotonic()
+            self._gave_way.discard(partition)
 
     def closable(self, upto: int, unread: dict[int, int], floor: int) -> int:
         """The newest second up to `upto` that may close, given each partition's unread-message count.
@@ -48,20 +55,22 @@ class PartitionProgress:
         `floor` is the newest second already closed: a lagging partition that has shown nothing yet holds
         everything after it.
         """
-        held = [self.newest_s.get(p, floor + 1) - 1 for p, n in unread.items() if n > 0]
-        bound = min(held, default=upto)
-        if bound >= upto:
-            self._held_since = None
-            return upto
         now = time.monotonic()
-        if self._held_since is None:
-            self._held_since = now
-        elif now - self._held_since > self.max_hold_s:
-            log.warning("partitions %s report unread messages that do not arrive; closing seconds anyway",
-                        sorted(p for p, n in unread.items() if n > 0))  # fmt: skip
-            self._held_since = None
-            return upto
-        return max(bound, floor)
+        held = []
+        for p, n in unread.items():
+            if n <= 0:
+                self._waiting_since.pop(p, None)
+                continue
+            if now - self._waiting_since.setdefault(p, now) > self.max_hold_s:
+                if p not in self._gave_way:
+                    self._gave_way.add(p)
+                    log.warning(
+                        "partition %d reports %d unread messages that do not arrive; not waiting", p, n
+                    )
+                continue
+            held.append(self.newest_s.get(p, floor + 1) - 1)
+        bound = min(held, default=upto)
+        return upto if bound >= upto else max(bound, floor)
 
 
 def unread_messages(consumer: Consumer, progress: PartitionProgress) -> dict[int, int]:
