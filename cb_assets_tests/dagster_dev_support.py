@@ -64,6 +64,27 @@ class DagsterDev:
             raise AssertionError(f"GraphQL errors: {body['errors']}")
         return body["data"]
 
+    def wait_until_quiet(self, quiet_s: float, timeout_s: float = 300) -> None:
+        """Until no run has been queued or in progress for `quiet_s` (longer than the sensor interval, so a run
+        a sensor launches on what it just saw has been launched and has finished)."""
+        unfinished = [
+            dg.DagsterRunStatus.QUEUED,
+            dg.DagsterRunStatus.NOT_STARTED,
+            dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED,
+            dg.DagsterRunStatus.CANCELING,
+        ]
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        with self.instance() as instance:
+            while time.monotonic() < deadline:
+                if instance.get_runs_count(dg.RunsFilter(statuses=unfinished)):
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= quiet_s:
+                    return
+                time.sleep(1)
+        raise AssertionError(f"runs still in progress after {timeout_s:.0f} s")
+
     def stop_sensor(self, name: str) -> str:
         selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name}
         data = self.graphql(

@@ -43,6 +43,10 @@ def platform(make_database, tmp_path_factory) -> DagsterDev:
     _, rows = simulate_rows(PRODUCTS, UI_DAY, 3, seed=5)
     write_rows(url, rows)
     with dagster_dev(env, work) as dev:
+        # The pages show each check's latest execution: runs the sensor launched on seeing these hours must
+        # have ended before the runs below, whose results the test reads. (Its page and cursor stay.)
+        assert dev.stop_sensor("raw_ticks_sensor") == "STOPPED"
+        dev.wait_until_quiet(quiet_s=10)
         # Two hours materialised by a job run in the same instance, as a user would from the UI.
         os.environ.update(dev.env)
         # The resources read CB_* variables; fill in the computed defaults as the code location does on import.
