@@ -158,6 +158,36 @@ def test_composite_serves_the_linear_model_exactly_and_survives_save_and_load(tm
     np.testing.assert_allclose(back.stats.xx, lm.stats.xx)
 
 
+def test_forecast_skips_the_network_only_when_it_serves_no_output() -> None:
+    """With the residual gated off everywhere a forecast is the linear path alone (a network gone
+    wild changes nothing); once one output serves the network its forecasts move again. Batches padded to
+    the compiled shape give the same forecasts as one window at a time."""
+    from cb_assets.model.network import predict_returns, set_gates, set_linear
+    from cb_assets.model.pipeline import residual_sets
+    from cb_assets.model.train import new_model
+
+    sets = _hours(2)
+    lm = linear.fit(sets).model
+    model = new_model(tiny_config(), residual_sets(sets, lm), seed=0, linear=lm)
+    set_linear(model, lm)
+    n_out = len(PRODUCTS) * len(HORIZONS_S)
+    set_gates(model, np.ones(n_out, np.float32), np.zeros(n_out, np.float32))
+    idx = np.arange(5)
+    want = lm.predict(sets[1], idx)
+    np.testing.assert_allclose(predict_returns(model, sets[1].window_at(0)), want[:1], rtol=1e-4, atol=1e-9)
+    head = model.get_layer("head_z")
+    head.kernel.assign(np.full(head.kernel.shape, 1e3, np.float32))  # a residual far off any return
+    windows = np.stack([sets[1].window_at(int(i)) for i in idx])
+    batched = predict_returns(model, windows, batch_size=4)  # 4 + 1 padded to 4
+    np.testing.assert_allclose(batched, want, rtol=1e-4, atol=1e-9)
+    one = np.zeros(n_out, np.float32)
+    one[0] = 1.0
+    set_gates(model, np.ones(n_out, np.float32), one)
+    served = predict_returns(model, windows, batch_size=4)
+    assert (np.abs(served[:, 0] - want[:, 0]) > 1e-2).all()
+    np.testing.assert_allclose(served[:, 1:], want[:, 1:], rtol=1e-4, atol=1e-9)
+
+
 def test_pipeline_serves_the_gates_choice_per_output() -> None:
     """train_initial's composite forecasts, per output, persistence / linear / linear + residual exactly as
     its decisions say, and none of its outputs loses to persistence on the gate's windows."""

@@ -18,7 +18,7 @@ CODE_VERSIONS: dict[str, str] = {
     "filled_series": "2",
     "indicators": "2",
     "training_windows": "2",
-    "price_model": "3",
+    "price_model": "4",
     "forecast_scores": "1",
 }
 
@@ -39,7 +39,16 @@ SOURCES: dict[str, tuple[str, ...]] = {
         "series/indicator_kernels.py",
     ),
     "training_windows": ("series/windows.py", "series/model_input.py"),
-    "price_model": ("model/network.py", "model/layers.py", "model/train.py", "model/pipeline.py"),
+    "price_model": (
+        "model/network.py",
+        "model/layers.py",
+        "model/train.py",
+        "model/pipeline.py",
+        "model/settings.py",
+        "model/linear.py",
+        "model/gate.py",
+        "model/calibration.py",
+    ),
     "forecast_scores": ("forecast/scoring.py", "model/evaluate.py"),
 }
 
@@ -48,7 +57,7 @@ DIGESTS: dict[str, str] = {
     "filled_series": "3606c56852f0a179",
     "indicators": "2fd37ee83187dc85",
     "training_windows": "efe38d8da5bbdb97",
-    "price_model": "77e644dd26460b52",
+    "price_model": "2767016edda4f2f1",
     "forecast_scores": "2aeebad87f9db29d",
 }
 

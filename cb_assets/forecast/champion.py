@@ -1,7 +1,7 @@
 """The champion as the forecaster holds it: the model, the inputs it was trained on, and their statistics.
 
-A new champion is loaded beside the old one (service.py swaps them when ready), so loading must not touch
-the forecaster's state; TensorFlow's thread pools are bounded before the first model loads.
+A new champion is loaded (and its forecast function compiled) beside the old one (service.py swaps them
+when ready), so loading must not touch the forecaster's state; TensorFlow's thread pools are bounded before the first model loads.
 """
 
 from __future__ import annotations
@@ -27,9 +27,18 @@ class Champion:
 
 
 def load_champion(version_id: int, path: str, products: Sequence[str]) -> Champion:
-    from cb_assets.model.network import column_names_of, feature_stats_of, load_model
+    from cb_assets.model.network import (
+        column_names_of,
+        feature_stats_of,
+        input_shape_of,
+        load_model,
+        predict_returns,
+    )
 
     model = load_model(path)
+    # The forecast function compiles on its first call (~1-2 s): here, beside the serving champion,
+    # rather than in the second after the swap.
+    predict_returns(model, np.zeros(input_shape_of(model), np.float32))
     names, _ = column_names_of(model)
     mean, std = feature_stats_of(model)
     return Champion(
