@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from cb_assets.model import gate, linear
 from cb_assets.model.evaluate import evaluate
@@ -68,6 +69,40 @@ def test_gate_uses_a_candidate_only_where_it_beats_the_simpler_ones() -> None:
     lin_gate, res_gate = gate.gates_of(decisions)
     assert lin_gate[output_col("A", 100)] == 0 and res_gate[output_col("A", 10)] == 0
     assert lin_gate[output_col("A", 20)] == 1 and res_gate[output_col("A", 20)] == 1
+
+
+def test_holm_steps_down_until_a_p_value_misses_its_threshold() -> None:
+    p = np.array([0.03, 0.001, 0.04, 0.01])  # thresholds 0.05/4, 0.05/3, 0.05/2, 0.05/1 in sorted order
+    np.testing.assert_array_equal(gate.holm(p, 0.05), [False, True, False, True])
+    assert not gate.holm(np.array([0.03, 0.03]), 0.05).any()  # each would pass alone at 0.05
+    assert gate.one_sided_p(0.0, gate.MIN_BLOCKS) == pytest.approx(0.5)
+    assert gate.one_sided_p(5.0, gate.MIN_BLOCKS - 1) == 1.0  # too few blocks: no evidence
+
+
+def test_network_needs_more_than_one_lucky_output_among_many() -> None:
+    """A network gain with t between 2 and 2.5 on one output of 12 (what chance gives one output in
+    ~40 under a plain t > 2 rule) is not admitted; a clear gain is."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    y = rng.normal(size=(n, len(PRODUCTS) * len(HORIZONS_S)))
+    lin = np.zeros_like(y)
+    noise = rng.normal(size=n)
+    j = output_col("A", 10)
+    weak = None
+    for c in np.linspace(0.15, 0.19, 41):  # the gain of c * (y + 3 noise) falls to 0 near c = 0.19
+        net = np.zeros_like(y)
+        net[:, j] = c * (y[:, j] + 3.0 * noise)
+        t = dm_t(y[:, j] ** 2, (y[:, j] - net[:, j]) ** 2, gate.block_size(10))
+        if 2.05 < t < 2.5:
+            weak = net
+            break
+    assert weak is not None, "no borderline network gain constructed"
+    choice = {d.output: d.choice for d in gate.decide(y, lin, weak, list(PRODUCTS))}
+    assert choice["A:10"] == gate.PERSISTENCE
+    strong = np.zeros_like(y)
+    strong[:, j] = 0.5 * y[:, j]
+    choice = {d.output: d.choice for d in gate.decide(y, lin, strong, list(PRODUCTS))}
+    assert choice["A:10"] == gate.NETWORK
 
 
 def test_dm_statistic_needs_blocks_and_sees_overlap() -> None:
@@ -160,8 +195,8 @@ def test_composite_serves_the_linear_model_exactly_and_survives_save_and_load(tm
 
 def test_forecast_skips_the_network_only_when_it_serves_no_output() -> None:
     """With the residual gated off everywhere a forecast is the linear path alone (a network gone
-    wild changes nothing); once one output serves the network its forecasts move again. Batches padded to
-    the compiled shape give the same forecasts as one window at a time."""
+    wild changes nothing); once one output serves the network its forecasts move again. One window (compiled
+    with XLA) and batches give the same forecasts."""
     from cb_assets.model.network import predict_returns, set_gates, set_linear
     from cb_assets.model.pipeline import residual_sets
     from cb_assets.model.train import new_model
@@ -178,12 +213,13 @@ def test_forecast_skips_the_network_only_when_it_serves_no_output() -> None:
     head = model.get_layer("head_z")
     head.kernel.assign(np.full(head.kernel.shape, 1e3, np.float32))  # a residual far off any return
     windows = np.stack([sets[1].window_at(int(i)) for i in idx])
-    batched = predict_returns(model, windows, batch_size=4)  # 4 + 1 padded to 4
+    batched = predict_returns(model, windows, batch_size=4)
     np.testing.assert_allclose(batched, want, rtol=1e-4, atol=1e-9)
     one = np.zeros(n_out, np.float32)
     one[0] = 1.0
     set_gates(model, np.ones(n_out, np.float32), one)
     served = predict_returns(model, windows, batch_size=4)
+    np.testing.assert_allclose(predict_returns(model, windows[0]), served[:1], rtol=1e-4, atol=1e-8)
     assert (np.abs(served[:, 0] - want[:, 0]) > 1e-2).all()
     np.testing.assert_allclose(served[:, 1:], want[:, 1:], rtol=1e-4, atol=1e-9)
 

@@ -47,6 +47,7 @@ class PriceModelConfig(dg.Config):
     calibration_fraction: float = TRAIN.calibration_fraction
     gate_hours: int = TRAIN.gate_hours
     gate_t: float = TRAIN.gate_t
+    gate_network_alpha: float = TRAIN.gate_network_alpha
     conv_filters: list[int] = Field(default_factory=lambda: list(NET.conv_filters))
     d_model: int = NET.d_model
     heads: int = NET.heads

@@ -208,27 +208,30 @@ def input_shape_of(model: keras.Model) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def _predict_fn(model: keras.Model) -> Any:
-    """The traced forecast function of `model` as its gates stand.
+def _predict_fn(model: keras.Model, single: bool) -> Any:
+    """The traced forecast function of `model` as its gates stand, for one window or for batches.
 
     One traced function per model and path, kept on the model: calling a Keras model eagerly re-runs
-    Python for every layer, which costs more than the arithmetic for a single window. XLA fuses the
-    elementwise work around the convolutions (standardise, clip, gates): 20-30% off one window on 2 cores
-    (bench/model.py); it compiles once per batch shape, hence `_batch_shape`. When the gate serves the
-    network on no output, the composite's forecast is its linear path alone, and the network is not run.
+    Python for every layer, which costs more than the arithmetic for a single window. The live forecaster's
+    one window a second is compiled with XLA, which fuses the elementwise work around the convolutions
+    (standardise, clip, gates): 20-30% off a window on 2 cores. Batches (scoring, calibration) are not:
+    XLA compiles each new model for ~4 s, and a fine-tune scores three (champion, challenger, copies),
+    which cost more than it saved. When the gate serves the network on no output, the composite's
+    forecast is its linear path alone, and the network is not run.
     """
     fns = model.__dict__.setdefault("_cb_predict_fns", {})
     path = "linear" if _network_idle(model) else "full"
-    fn = fns.get(path)
+    key = (path, single)
+    fn = fns.get(key)
     if fn is None:
         window, n_features = input_shape_of(model)
         spec = [tf.TensorSpec((None, window, n_features), tf.float32)]
         if path == "linear":
             blend, lin = model.get_layer(BLEND_LAYER), model.get_layer(LINEAR_LAYER)
-            fn = tf.function(lambda x: blend.linear_gate * lin(x), input_signature=spec, jit_compile=True)
+            fn = tf.function(lambda x: blend.linear_gate * lin(x), input_signature=spec, jit_compile=single)
         else:
-            fn = tf.function(lambda x: model(x, training=False), input_signature=spec, jit_compile=True)
-        fns[path] = fn
+            fn = tf.function(lambda x: model(x, training=False), input_signature=spec, jit_compile=single)
+        fns[key] = fn
     return fn
 
 
@@ -238,18 +241,10 @@ def _network_idle(model: keras.Model) -> bool:
     return gates is not None and not np.any(gates[1])
 
 
-def _batch_shape(n: int, batch_size: int) -> int:
-    """The batch a call of n windows is padded to: one window (the live forecaster's call) or
-    `batch_size`. XLA compiles a function once per input shape, and a scoring pass over hours of
-    different lengths would otherwise compile one for every remainder."""
-    return 1 if n == 1 else batch_size
-
-
 def predict_returns(model: keras.Model, windows: np.ndarray | WindowSet, batch_size: int = 64) -> np.ndarray:
     """Raw log returns (n, n_outputs) for `windows`: an array (n, window, n_features), one window
     (window, n_features), or every window of a WindowSet (invalid ones included: the caller masks with
     `valid`). Copies one batch at a time out of a WindowSet's views."""
-    fn = _predict_fn(model)
     if isinstance(windows, WindowSet):
         n = len(windows)
         try:
@@ -270,13 +265,10 @@ def predict_returns(model: keras.Model, windows: np.ndarray | WindowSet, batch_s
             return arr[i:j]
 
     out = np.empty((n, int(model.outputs[0].shape[-1])), dtype=np.float32)
-    size = _batch_shape(n, batch_size)
-    for i in range(0, n, size):
-        j = min(i + size, n)
-        x = np.asarray(batch(i, j), dtype=np.float32)
-        if j - i < size:  # zero rows: finite, and each window's forecast depends on its own row only
-            x = np.concatenate([x, np.zeros((size - (j - i), *x.shape[1:]), np.float32)])
-        out[i:j] = fn(tf.constant(x))[: j - i].numpy()
+    fn = _predict_fn(model, single=n == 1)
+    for i in range(0, n, batch_size):
+        j = min(i + batch_size, n)
+        out[i:j] = fn(tf.constant(batch(i, j), dtype=tf.float32)).numpy()
     return out
 
 

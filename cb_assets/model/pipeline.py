@@ -205,6 +205,7 @@ def _judge(
         net,
         products,
         t_min=settings.gate_t,
+        network_alpha=settings.gate_network_alpha,
         linear_evidence=evidence,
         prior=prior,
         spacing_s=settings.score_stride,

@@ -33,7 +33,9 @@ CALIBRATION_FRACTION = 0.2
 # The gate's held-out windows: the tails of the newest GATE_HOURS hours (gate.py, pipeline.py).
 GATE_HOURS = 3
 HOLDOUT_FRACTION = 1 / 3
-GATE_T = 2.0  # Diebold-Mariano t a more complex forecast must reach to replace a simpler one
+GATE_T = 2.0  # Diebold-Mariano t the linear model must reach to replace persistence
+# Family-wise level of the network's admission over all outputs (Holm, gate.py).
+GATE_NETWORK_ALPHA = 0.05
 # Held-out and prequential windows are scored every SCORE_STRIDE seconds (pipeline.thin): the network's
 # inference is most of a fine-tune otherwise (bench/model.py: 61 s with every window, 29 s with every 4th,
 # target 30 s).
@@ -121,6 +123,7 @@ class TrainSettings:
     calibration_fraction: float = CALIBRATION_FRACTION
     gate_hours: int = GATE_HOURS
     gate_t: float = GATE_T
+    gate_network_alpha: float = GATE_NETWORK_ALPHA
     score_stride: int = SCORE_STRIDE
     linear_decay: float = LINEAR_DECAY
     # False: a linear-only version (no network is trained; the gate picks linear or persistence)
