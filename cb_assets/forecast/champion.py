@@ -1,7 +1,8 @@
 """The champion as the forecaster holds it: the model, the inputs it was trained on, and their statistics.
 
 A new champion is loaded (and its forecast function compiled) beside the old one (service.py swaps them
-when ready), so loading must not touch the forecaster's state; TensorFlow's thread pools are bounded before the first model loads.
+when ready), so loading must not touch the forecaster's state; TensorFlow's thread pools are bounded before
+the first model loads.
 """
 
 from __future__ import annotations

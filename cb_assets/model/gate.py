@@ -108,6 +108,7 @@ def decide(
     between consecutive rows (scored windows may be thinned), so that blocks span the same time.
     """
     y = np.asarray(labels, np.float64)
+    prior = prior or {}
     bases, skills, t_lins, t_nets, p_nets, names = [], [], [], [], [], []
     for j, (product, h) in enumerate(output_keys(products, horizons)):
         name = f"{product}:{h}"
@@ -116,7 +117,7 @@ def decide(
         ey, el = (yj, lj) if linear_evidence is None else _pooled(yj, lj, linear_evidence, j)
         t_lin, _ = dm_statistic(ey**2, (ey - el) ** 2, block)
         skill = {PERSISTENCE: 0.0, LINEAR: _skill(yj, lj)}
-        if (prior or {}).get(name) in (LINEAR, NETWORK):
+        if prior.get(name) in (LINEAR, NETWORK):
             base = PERSISTENCE if t_lin < -t_min else LINEAR
         else:
             base = LINEAR if t_lin > t_min else PERSISTENCE
@@ -141,7 +142,7 @@ def decide(
         choice = base
         if network is not None:
             # The champion's network outputs stay unless the evidence is significantly against them.
-            keep = t_net > -t_min if (prior or {}).get(name) == NETWORK else bool(ok)
+            keep = t_net > -t_min if prior.get(name) == NETWORK else bool(ok)
             choice = NETWORK if keep else base
         out.append(Decision(name, choice, t_lin, t_net, skill))
     return out
