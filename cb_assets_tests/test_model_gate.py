@@ -180,10 +180,14 @@ def test_composite_serves_the_linear_model_exactly_and_survives_save_and_load(tm
     lin_gate = np.ones(n_out, np.float32)
     lin_gate[0] = 0.0  # one output serves persistence
     set_gates(model, lin_gate, np.zeros(n_out, np.float32))
-    got = predict_returns(model, sets[1])
+    got = predict_returns(model, sets[1])  # the network serves nowhere: the linear path, in numpy
     want = lm.predict(sets[1])
     want[:, 0] = 0.0
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-9)
+    # The Keras graph's own linear path (what serves beside a network output) gives the same.
+    windows = np.stack([sets[1].window_at(i) for i in range(0, len(sets[1]), 600)])
+    keras_path = np.asarray(model(windows, training=False))
+    np.testing.assert_allclose(keras_path, want[::600], rtol=1e-4, atol=1e-9)
     loaded = load_model(save_model(model, tmp_path / "composite.keras"))
     np.testing.assert_allclose(predict_returns(loaded, sets[1]), got, rtol=1e-6, atol=1e-12)
     np.testing.assert_array_equal(gates_of(loaded)[0], lin_gate)

@@ -21,7 +21,10 @@ gate's, behind 200 s embargoes; the newest fifth of the rest calibrates the netw
 network, the linear model, the anchor-row ridge and persistence scored on 15's tail plus hours 16..23, which
 nothing was trained on. With one tick a minute, most 10 s and 20 s labels are 0 (no new tick inside the
 horizon); the table shows what the models make of that, whatever it is. Only that the chain ran and that the
-metrics are finite is asserted; the champion's worst output is printed against the issue's goal (-0.005).
+metrics are finite is asserted; the champion's worst output is printed against the issue's goal (-0.005),
+and per output its margin over the ridge beside the ridge's skill across the training hours by blocked
+cross-validation: where the ridge wins later hours without skill in training, neither the gate nor any
+other rule that sees only training data could have chosen it.
 
 Measured (mean held-out skill over all outputs): the network alone with the defaults of the time (the 6
 newest hours, stride 2, uncalibrated) -1.08; the quarter-width network (15 hours, stride 16, 2 epochs)
@@ -40,8 +43,16 @@ import pandas as pd
 import pytest
 
 from cb_assets.model.evaluate import ALL
-from cb_assets.model.experiment import HOUR_NS, report_markdown, run_initial, series_for, window_sets
+from cb_assets.model.experiment import (
+    HOUR_NS,
+    report_markdown,
+    ridge_cv_skill,
+    run_initial,
+    series_for,
+    window_sets,
+)
 from cb_assets.model.gate import summary
+from cb_assets.model.pipeline import split_gate
 from cb_assets.model.settings import TrainSettings
 from cb_assets.series.schema import SECOND_NS, SERIES_COLUMNS
 from cb_assets_tests.conftest import shared_data
@@ -118,10 +129,19 @@ def test_real_day_report() -> None:
     print(report_markdown(result, f"held out: hour {TRAIN_HOURS.stop - 1:02d}'s tail + hours 16..23"))
     rows = [r for r in result.reports["challenger"].rows if not r.degenerate]
     worst = min(rows, key=lambda r: r.skill)
+    # Whether the ridge's skill on the later hours was there to learn: its skill across the training hours.
+    ridge_cv = ridge_cv_skill(split_gate(train_sets, SETTINGS.gate_hours)[0])
+    ridge_rows = result.reports["ridge"].rows
     print(
         f"\ngate: {summary(result.outcome.decisions)}\nchampion's worst output: {worst.product} "
-        f"{worst.horizon_s} s skill {worst.skill:.4f} (goal >= -0.005)"
+        f"{worst.horizon_s} s skill {worst.skill:.4f} (goal >= -0.005)\n"
+        "champion - ridge on the later hours, and the ridge's cross-validated skill on the training hours: "
+        + ", ".join(
+            f"{c.product} {c.horizon_s} s {c.skill - r.skill:+.4f} (ridge CV {cv:.3f})"
+            for c, r, cv in zip(result.reports["challenger"].rows, ridge_rows, ridge_cv, strict=True)
+        )
     )
+    assert np.isfinite(ridge_cv).all()
 
     assert tr.windows_seen > 0 and np.all(np.isfinite(tr.step_losses))
     # 15's tail plus 8 whole hours: nearly all of them valid (a minute without a bar is no gap for the filter).

@@ -57,7 +57,7 @@ DIGESTS: dict[str, str] = {
     "filled_series": "3606c56852f0a179",
     "indicators": "2fd37ee83187dc85",
     "training_windows": "efe38d8da5bbdb97",
-    "price_model": "b9a8254fb78b9ba3",
+    "price_model": "3ef875346bf5285d",
     "forecast_scores": "2aeebad87f9db29d",
 }
 

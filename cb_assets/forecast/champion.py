@@ -37,8 +37,8 @@ def load_champion(version_id: int, path: str, products: Sequence[str]) -> Champi
     )
 
     model = load_model(path)
-    # The forecast function compiles on its first call (~1-2 s): here, beside the serving champion,
-    # rather than in the second after the swap.
+    # Where the network serves, the forecast function compiles on its first call (~1-2 s): here, beside
+    # the serving champion, rather than in the second after the swap.
     predict_returns(model, np.zeros(input_shape_of(model), np.float32))
     names, _ = column_names_of(model)
     mean, std = feature_stats_of(model)

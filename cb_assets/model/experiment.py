@@ -216,6 +216,32 @@ def run_initial(
     )
 
 
+def ridge_cv_skill(train_sets: Sequence[WindowSet], folds: int | None = None) -> np.ndarray:
+    """Per output, the anchor-row ridge baseline's skill by blocked cross-validation over the training
+    hours (contiguous groups of hours, as `linear.fit` chooses its penalties): each group forecast by the
+    ridge fitted on the others, squared errors pooled over all groups.
+
+    Why: a baseline's skill on the two scored hours can be luck (two hours hold ~36 independent 200 s
+    labels). Its skill across the training hours says whether the market gave it anything to learn,
+    which is all a gate that only sees training data can act on."""
+    from cb_assets.model.linear import CV_FOLDS, fold_of
+
+    sets = [s for s in train_sets if s.valid.any()]
+    fold = fold_of(len(sets), CV_FOLDS if folds is None else folds)
+    sse = np.zeros(sets[0].labels.shape[1])
+    if len(np.unique(fold)) < 2:
+        return np.full_like(sse, np.nan)  # one group: nothing to hold out
+    sst = np.zeros_like(sse)
+    for k in np.unique(fold):
+        ridge = RidgeBaseline.fit([s for s, f in zip(sets, fold, strict=True) if f != k])
+        for s in (s for s, f in zip(sets, fold, strict=True) if f == k):
+            y = np.asarray(s.labels[s.valid], np.float64)
+            sse += ((y - ridge.predict(s)[s.valid]) ** 2).sum(axis=0)
+            sst += (y**2).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1.0 - sse / sst
+
+
 def skill_table(reports: Mapping[str, EvaluationReport], horizons: Sequence[int] = HORIZONS_S) -> str:
     """Skill of each model side by side, per product and horizon, then the per-horizon and overall means."""
     names = list(reports)

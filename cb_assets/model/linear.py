@@ -101,13 +101,34 @@ class LinearModel:
 def design(
     ws: WindowSet, idx: np.ndarray, taps: Sequence[tuple[int, int]], mean: np.ndarray, std: np.ndarray
 ) -> np.ndarray:
-    lags = np.array([t[0] for t in taps], np.int64)
-    cols = np.array([t[1] for t in taps], np.int64)
+    lags, cols = _lags_cols(taps)
     rows = ws.anchors[np.asarray(idx, np.int64)][:, None] - lags[None, :]
     if len(idx) and rows.min() < 0:
         raise ValueError("a tap reaches before the first feature row")
-    z = (np.asarray(ws.features[rows, cols[None, :]], np.float64) - mean) / std
+    return standardise(ws.features[rows, cols[None, :]], mean, std)
+
+
+def window_design(
+    windows: np.ndarray, taps: Sequence[tuple[int, int]], mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    """`design` of raw windows (n, window, n_features) whose last row is the anchor (what the live
+    forecaster holds): the same taps, read from each window instead of a WindowSet's feature matrix."""
+    lags, cols = _lags_cols(taps)
+    w = np.asarray(windows)
+    if len(lags) and int(lags.max()) >= w.shape[1]:
+        raise ValueError("a tap reaches before the first row of the window")
+    return standardise(w[:, w.shape[1] - 1 - lags, cols], mean, std)
+
+
+def standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Tap values -> the model's inputs: standardised, non-finite -> 0 (the training mean), clipped.
+    layers.LinearPath does the same inside the Keras model."""
+    z = (np.asarray(values, np.float64) - mean) / std
     return np.clip(np.where(np.isfinite(z), z, 0.0), -CLIP, CLIP)
+
+
+def _lags_cols(taps: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([t[0] for t in taps], np.int64), np.array([t[1] for t in taps], np.int64)
 
 
 def tap_stats(sets: Sequence[WindowSet], taps: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
