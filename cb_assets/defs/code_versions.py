@@ -54,7 +54,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
 
 DIGESTS: dict[str, str] = {
     "raw_ticks": "46dcebe67867161c",
-    "filled_series": "3606c56852f0a179",
+    "filled_series": "718e6bbb8e7dea45",
     "indicators": "2fd37ee83187dc85",
     "training_windows": "efe38d8da5bbdb97",
     "price_model": "3ef875346bf5285d",

@@ -32,7 +32,7 @@ from cb_assets.series.fill import CausalFilter, fill_product_hour, fit_hour_para
 from cb_assets.series.hourly import FILTERED_COLUMNS, Ticks, indicators_of_hour
 from cb_assets.series.indicators import FEATURE_NAMES, IndicatorState
 from cb_assets.series.model_input import ModelInput, model_input, usable_rows
-from cb_assets.series.resample import to_grid
+from cb_assets.series.resample import grid_second_of, to_grid
 from cb_assets.series.schema import HOUR_S, SECOND_NS, SERIES_COLUMNS, WINDOW_S
 
 N_FEATURES = len(FEATURE_NAMES)
@@ -219,7 +219,7 @@ class LiveEngine:
         found: set[int] = set()
         for live in self.live.values():
             for t in live.pending_t:
-                second = -((-t) // SECOND_NS)
+                second = grid_second_of(t)
                 if second <= upto:
                     found.add(second)
         return sorted(found)

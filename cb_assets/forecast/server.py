@@ -13,7 +13,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -23,8 +24,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cb_assets.db.forecast_store import LedgerRow
+
 log = logging.getLogger(__name__)
 _KEEPALIVE_S = 15.0
+
+
+def forecast_payload(version_id: int, anchor: datetime, rows: Sequence[LedgerRow]) -> dict[str, Any]:
+    """One anchor's forecasts as the endpoints send them: per product its last price and, per horizon, the
+    forecast log return and price."""
+    by_product: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = by_product.setdefault(
+            r.product_id, {"product": r.product_id, "last_price": r.last_price, "horizons": {}}
+        )
+        entry["horizons"][str(r.horizon_s)] = {"log_return": r.forecast_return, "price": r.forecast_price}
+    return {
+        "version_id": version_id,
+        "anchor": anchor.isoformat(),
+        "made_at_unix": time.time(),
+        "forecasts": list(by_product.values()),
+    }
 
 
 class ForecastHub:

@@ -41,10 +41,11 @@ from cb_assets.forecast.champion import Champion, limit_tensorflow_threads, load
 from cb_assets.forecast.engine import LiveEngine
 from cb_assets.forecast.ledger import LedgerWriter
 from cb_assets.forecast.partitions import OFFSET_BEGINNING, PartitionProgress, log_end, unread_messages
-from cb_assets.forecast.server import ForecastHub, HttpServer
+from cb_assets.forecast.server import ForecastHub, HttpServer, forecast_payload
 from cb_assets.series.clock import HOUR
 from cb_assets.series.hourly import ticks_by_product
-from cb_assets.series.schema import HORIZONS_S, HOUR_S, SECOND_NS
+from cb_assets.series.resample import grid_second_of
+from cb_assets.series.schema import HORIZONS_S, HOUR_S
 from cb_assets.stream.dead_letter import DEAD_LETTER_KEY
 from cb_assets.stream.ticks import Rejection, parse_tick
 
@@ -60,11 +61,6 @@ _RETENTION_EVERY_S = 600.0
 
 def _ns(t: datetime) -> int:
     return (t - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-def _second_of(t_ns: int) -> int:
-    """The grid second holding a tick at `t_ns` (right-closed: ceil), in integers (floats lose nanoseconds)."""
-    return -((-t_ns) // SECOND_NS)
 
 
 def _utc(second: int) -> datetime:
@@ -197,7 +193,7 @@ class Forecaster:
                     if clock.newest_tick is None:
                         self._state = "waiting"
                         return  # nothing stored: the first consumed tick starts the engine
-                    now_s = _second_of(_ns(clock.newest_tick)) - 1
+                    now_s = grid_second_of(_ns(clock.newest_tick)) - 1
                     start = _utc(now_s - now_s % HOUR_S) - 3 * HOUR
                     raw = read_raw_ticks(conn, start, clock.newest_tick + timedelta(microseconds=1))
                 self.engine = LiveEngine.from_history(
@@ -233,18 +229,18 @@ class Forecaster:
                 continue
             products.append(row[0])
             times.append(_ns(row[1]))
-            self.progress.seen(m.partition(), _second_of(times[-1]))
+            self.progress.seen(m.partition(), grid_second_of(times[-1]))
             values.append(row[2:9])
         if not products:
             return
         self._last_tick_wall = time.monotonic()
         t = np.asarray(times, dtype=np.int64)
         if self.engine is None:  # the first tick ever: start empty at its hour
-            first_s = _second_of(int(t.min())) - 1
+            first_s = grid_second_of(int(t.min())) - 1
             self.engine = LiveEngine.from_history(self.products, {}, first_s)
             self._state = "forecasting"
         self.engine.add_ticks(products, t, np.asarray(values, dtype=np.float64))
-        newest = _second_of(int(t.max()))
+        newest = grid_second_of(int(t.max()))
         if self._open_second is None or newest > self._open_second[0]:
             self._open_second = (newest, time.monotonic())
 
@@ -319,7 +315,7 @@ class Forecaster:
         self.ledger.put(rows)
         self.stats.forecasts += len(rows)
         self.stats.last_forecast_wall = time.time()
-        self.hub.publish(_payload(champ.version_id, anchor, rows))
+        self.hub.publish(forecast_payload(champ.version_id, anchor, rows))
 
     # -- housekeeping --------------------------------------------------------------------------------------
     def _due(self, what: str, every_s: float) -> bool:
@@ -398,18 +394,3 @@ class Forecaster:
             _utc(self.engine.anchor_s) if self.engine else None,
             counters,
         )
-
-
-def _payload(version_id: int, anchor: datetime, rows: Sequence[LedgerRow]) -> dict[str, Any]:
-    by_product: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        entry = by_product.setdefault(
-            r.product_id, {"product": r.product_id, "last_price": r.last_price, "horizons": {}}
-        )
-        entry["horizons"][str(r.horizon_s)] = {"log_return": r.forecast_return, "price": r.forecast_price}
-    return {
-        "version_id": version_id,
-        "anchor": anchor.isoformat(),
-        "made_at_unix": time.time(),
-        "forecasts": list(by_product.values()),
-    }

@@ -27,6 +27,12 @@ def grid_seconds(times_ns: np.ndarray, start_ns: int) -> np.ndarray:
     return -((-elapsed) // SECOND_NS)
 
 
+def grid_second_of(t_ns: int) -> int:
+    """The epoch second whose grid row holds a tick at `t_ns` (`grid_seconds` of one tick, row 0 = epoch):
+    the live forecaster places ticks one at a time by the same rule as the hourly assets."""
+    return -((-int(t_ns)) // SECOND_NS)
+
+
 def to_grid(
     times_ns: np.ndarray, values: np.ndarray, start_ns: int, n_seconds: int
 ) -> tuple[np.ndarray, np.ndarray]:
