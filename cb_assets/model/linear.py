@@ -92,10 +92,24 @@ class LinearModel:
     def predict(self, ws: WindowSet, idx: np.ndarray | None = None) -> np.ndarray:
         """Forecasts (len(idx), n_outputs) in raw log returns; every window of `ws` when idx is None."""
         idx = np.arange(len(ws)) if idx is None else np.asarray(idx)
-        out = np.empty((len(idx), self.weights.shape[1]), np.float32)
-        for i in range(0, len(idx), 4096):
-            out[i : i + 4096] = self.design(ws, idx[i : i + 4096]) @ self.weights + self.intercept
-        return out
+        return forecast(ws, idx, self.taps, self.tap_mean, self.tap_std, self.weights, self.intercept)
+
+
+def forecast(
+    ws: WindowSet,
+    idx: np.ndarray,
+    taps: Sequence[tuple[int, int]],
+    mean: np.ndarray,
+    std: np.ndarray,
+    weights: np.ndarray,
+    intercept: np.ndarray,
+) -> np.ndarray:
+    """(len(idx), n_outputs) float32 forecasts of the windows `idx` of `ws`, a few thousand at a time (the
+    design matrix of a whole hour would be ~3600 x 800 float64)."""
+    out = np.empty((len(idx), weights.shape[1]), np.float32)
+    for i in range(0, len(idx), 4096):
+        out[i : i + 4096] = design(ws, idx[i : i + 4096], taps, mean, std) @ weights + intercept
+    return out
 
 
 def design(

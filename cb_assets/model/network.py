@@ -38,7 +38,7 @@ from cb_assets.model.layers import (
     TransformerBlock,
 )
 from cb_assets.model.linear import LinearModel, Stats, window_design
-from cb_assets.model.linear import design as linear_design
+from cb_assets.model.linear import forecast as linear_forecast
 from cb_assets.model.settings import NetworkConfig
 from cb_assets.series.windows import ColumnStats, WindowSet
 
@@ -247,16 +247,12 @@ def _linear_forecasts(model: keras.Model, windows: np.ndarray | WindowSet) -> np
     mean, std = np.asarray(path.mean.numpy(), np.float64), np.asarray(path.std.numpy(), np.float64)
     kernel, bias = np.asarray(path.kernel.numpy(), np.float64), np.asarray(path.bias.numpy(), np.float64)
     gate = np.asarray(model.get_layer(BLEND_LAYER).linear_gate.numpy(), np.float64)
+    kernel, bias = kernel * gate, bias * gate  # an output the gate gives persistence forecasts 0
     if isinstance(windows, WindowSet):
-        idx = np.arange(len(windows))
-        out = np.empty((len(idx), kernel.shape[1]), np.float32)
-        for i in range(0, len(idx), 4096):
-            z = linear_design(windows, idx[i : i + 4096], path.taps, mean, std)
-            out[i : i + 4096] = (z @ kernel + bias) * gate
-        return out
+        return linear_forecast(windows, np.arange(len(windows)), path.taps, mean, std, kernel, bias)
     arr = np.asarray(windows)
     arr = arr[None] if arr.ndim == 2 else arr
-    return ((window_design(arr, path.taps, mean, std) @ kernel + bias) * gate).astype(np.float32)
+    return (window_design(arr, path.taps, mean, std) @ kernel + bias).astype(np.float32)
 
 
 def predict_returns(model: keras.Model, windows: np.ndarray | WindowSet, batch_size: int = 64) -> np.ndarray:
