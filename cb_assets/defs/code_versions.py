@@ -57,7 +57,7 @@ DIGESTS: dict[str, str] = {
     "filled_series": "718e6bbb8e7dea45",
     "indicators": "2fd37ee83187dc85",
     "training_windows": "efe38d8da5bbdb97",
-    "price_model": "d19330d4658729d4",
+    "price_model": "d63b6f55f6e3f55a",
     "forecast_scores": "2aeebad87f9db29d",
 }
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from cb_assets.model.baselines import RidgeBaseline
 from cb_assets.model.evaluate import ALL, EvaluationReport, evaluate, metrics_markdown
+from cb_assets.model.linear import CV_FOLDS, fold_of
 from cb_assets.model.pipeline import (
     Outcome,
     products_of,
@@ -216,7 +217,7 @@ def run_initial(
     )
 
 
-def ridge_cv_skill(train_sets: Sequence[WindowSet], folds: int | None = None) -> np.ndarray:
+def ridge_cv_skill(train_sets: Sequence[WindowSet], folds: int = CV_FOLDS) -> np.ndarray:
     """Per output, the anchor-row ridge baseline's skill by blocked cross-validation over the training
     hours (contiguous groups of hours, as `linear.fit` chooses its penalties): each group forecast by the
     ridge fitted on the others, squared errors pooled over all groups.
@@ -224,10 +225,8 @@ def ridge_cv_skill(train_sets: Sequence[WindowSet], folds: int | None = None) ->
     Why: a baseline's skill on the two scored hours can be luck (two hours hold ~36 independent 200 s
     labels). Its skill across the training hours says whether the market gave it anything to learn,
     which is all a gate that only sees training data can act on."""
-    from cb_assets.model.linear import CV_FOLDS, fold_of
-
     sets = [s for s in train_sets if s.valid.any()]
-    fold = fold_of(len(sets), CV_FOLDS if folds is None else folds)
+    fold = fold_of(len(sets), folds)
     sse = np.zeros(sets[0].labels.shape[1])
     if len(np.unique(fold)) < 2:
         return np.full_like(sse, np.nan)  # one group: nothing to hold out

@@ -232,22 +232,19 @@ def _predict_fn(model: keras.Model, single: bool) -> Any:
     return fn
 
 
-def _network_idle(model: keras.Model) -> bool:
-    """True for a composite whose gate serves the network's residual on no output."""
-    gates = gates_of(model)
-    return gates is not None and not np.any(gates[1])
-
-
-def _linear_forecasts(model: keras.Model, windows: np.ndarray | WindowSet) -> np.ndarray:
-    """What a composite whose gate serves the network nowhere forecasts: its gated linear path, computed
-    in numpy from the path's weights. It reads ~800 taps, not the whole window: ~0.1 ms a window against
-    ~1 ms for the traced path (most of it copying the 1000-second window into a tensor), and scoring a
-    WindowSet copies no window at all. test_model_gate checks it against the Keras path."""
+def _linear_forecasts(model: keras.Model, windows: np.ndarray | WindowSet, gate: np.ndarray) -> np.ndarray:
+    """What a composite whose gate serves the network nowhere forecasts: its linear path times `gate` (the
+    linear gate), computed in numpy from the path's weights. It reads ~800 taps, not the whole window
+    (bench/model.py: 0.76 ms a window, 1.59 ms through the traced path, most of which copied the 1000-second
+    window into a tensor), and scoring a WindowSet copies no window at all. test_model_gate checks it
+    against the Keras path."""
     path = model.get_layer(LINEAR_LAYER)
     mean, std = np.asarray(path.mean.numpy(), np.float64), np.asarray(path.std.numpy(), np.float64)
-    kernel, bias = np.asarray(path.kernel.numpy(), np.float64), np.asarray(path.bias.numpy(), np.float64)
-    gate = np.asarray(model.get_layer(BLEND_LAYER).linear_gate.numpy(), np.float64)
-    kernel, bias = kernel * gate, bias * gate  # an output the gate gives persistence forecasts 0
+    g = np.asarray(gate, np.float64)  # an output the gate gives persistence forecasts 0
+    kernel, bias = (
+        np.asarray(path.kernel.numpy(), np.float64) * g,
+        np.asarray(path.bias.numpy(), np.float64) * g,
+    )
     if isinstance(windows, WindowSet):
         return linear_forecast(windows, np.arange(len(windows)), path.taps, mean, std, kernel, bias)
     arr = np.asarray(windows)
@@ -259,8 +256,9 @@ def predict_returns(model: keras.Model, windows: np.ndarray | WindowSet, batch_s
     """Raw log returns (n, n_outputs) for `windows`: an array (n, window, n_features), one window
     (window, n_features), or every window of a WindowSet (invalid ones included: the caller masks with
     `valid`). Copies one batch at a time out of a WindowSet's views."""
-    if _network_idle(model):
-        return _linear_forecasts(model, windows)
+    gates = gates_of(model)
+    if gates is not None and not np.any(gates[1]):  # the network serves no output: the linear path alone
+        return _linear_forecasts(model, windows, gates[0])
     if isinstance(windows, WindowSet):
         n = len(windows)
         try:
