@@ -1,5 +1,5 @@
 """End to end and live: a champion trained on a planted lead-lag market, the hour after its training replayed
-through Kafka at about 100x with the sink and the forecaster beside it, and that hour's forecast_scores: the
+through Kafka at about 500x with the sink and the forecaster beside it, and that hour's forecast_scores: the
 follower shows positive live skill at 10 s and 20 s. The same market without the relation shows none.
 
 The champion is trained as price_model trains it (`pipeline.train_initial` on the shared core's windows of
@@ -81,6 +81,9 @@ def _live_scores(make_database, kafka_bootstrap: str, tmp_path: Path, lead_lag: 
             "CB_PRODUCTS": ",".join(PRODUCTS),
             "CB_HOME": str(tmp_path / "home"),
             "CB_FORECAST_PORT": str(free_port()),
+            # At 500x a partition a few ms behind is seconds of data behind: a second waits up to 0.5 s
+            # for its ticks from every partition (a loaded CI machine saw lags past the default 50 ms).
+            "CB_FORECAST_LINGER_MS": "500",
         }
     )
     player = FramePlayer(sim, LIVE, kafka_bootstrap, topic)
@@ -101,6 +104,7 @@ def _live_scores(make_database, kafka_bootstrap: str, tmp_path: Path, lead_lag: 
     with connect(url) as conn:
         status = conn.execute("SELECT counters FROM forecaster_status").fetchone()
         skips = conn.execute("SELECT reason, sum(n) FROM forecast_skips GROUP BY 1").fetchall()
+    print(f"\nforecaster counters ({'planted' if lead_lag else 'signal-free'}): {status[0]}")
     assert made > 600 * len(PRODUCTS) * 4, f"only {made} forecasts in the live hour: {status}, skips {skips}"
     res = resources_for(url, tmp_path, PRODUCTS)
     (tmp_path / "dagster").mkdir()

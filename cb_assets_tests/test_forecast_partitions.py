@@ -41,3 +41,32 @@ def test_the_hold_gives_way_when_unread_messages_never_arrive_but_not_while_they
     assert progress.closable(499, {1: 5}, floor=100) == 499
     progress.seen(1, 520)  # it moves again: it holds again
     assert progress.closable(600, {1: 5}, floor=499) == 519
+
+
+def test_a_second_closes_when_every_partition_is_past_it_or_its_ticks_have_lingered() -> None:
+    progress = PartitionProgress()
+    progress.assigned([(0, 0), (1, 0)])
+    for partition, second in ((0, 101), (1, 101), (0, 106), (1, 104)):
+        progress.seen(partition, second, now=10.0)
+    assert progress.settled(100, linger_s=0.05, now=10.01) == 103  # both partitions are past 103
+    assert progress.settled(100, linger_s=0.05, now=10.06) == 106  # 106 waited the linger
+    progress.seen(1, 106, now=10.07)  # late for a closed second: nothing held for it
+    progress.seen(1, 111, now=10.08)
+    progress.seen(1, 112, now=10.2)
+    assert progress.settled(106, linger_s=0.05, now=10.21) == 111  # 112 is too new; partition 0 is quiet
+    assert progress.settled(106, linger_s=0.05, now=10.3) == 112
+    assert progress.first_seen == {111: 10.08, 112: 10.2}  # forgotten once passed as the floor:
+    assert progress.settled(112, linger_s=0.05, now=10.4) == 112 and progress.first_seen == {}
+
+
+def test_a_lagging_partitions_older_second_is_not_closed_by_a_newer_one_before_the_linger() -> None:
+    """A fast replay: partition 0 shows second 110 before partition 1's ticks of 105 are in."""
+    progress = PartitionProgress()
+    progress.assigned([(0, 0), (1, 0)])
+    progress.seen(0, 105, now=1.0)
+    progress.seen(1, 100, now=1.0)
+    progress.seen(0, 110, now=1.01)
+    assert progress.settled(100, linger_s=0.05, now=1.02) == 100  # 105 may still get partition 1's tick
+    progress.seen(1, 105, now=1.03)  # (its other products may still have ticks of 105)
+    assert progress.settled(100, linger_s=0.05, now=1.03) == 104
+    assert progress.settled(100, linger_s=0.05, now=1.05) == 105

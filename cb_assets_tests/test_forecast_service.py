@@ -209,3 +209,52 @@ def test_a_backlog_delivered_partition_by_partition_loses_no_tick(
     assert (
         forecaster.engine.next_second >= int(START.timestamp()) + 4 * 3600 - 10
     )  # and the seconds did close
+
+
+def test_a_partition_running_behind_in_a_fast_replay_loses_no_tick(
+    make_database, kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    """A replay at 500x (a 5 s frame every 10 ms) in which one product's partition runs four frames behind
+    the others: a newer second shows on the leading partitions before its ticks of the older ones are in.
+    Closing a second on the first newer one would drop all of that product's ticks as late (a CI run of the
+    end-to-end replay lost 664 ticks so and refused half its forecasts as out of range). Every second waits
+    the linger (1 s here, 25 times the lag, so that a stall of this process under CI load is not a lag)."""
+    import orjson
+    from confluent_kafka import Producer
+
+    from cb_assets.forecast.service import Forecaster
+
+    ensure_topic(kafka_bootstrap, topic_name, partitions=3)
+    settings = load_settings(
+        {"CB_DATABASE_URL": make_database(), "CB_KAFKA_BOOTSTRAP": kafka_bootstrap, "CB_TOPIC": topic_name,
+         "CB_PRODUCTS": ",".join(PRODUCTS), "CB_HOME": str(tmp_path / "home"), "CB_FORECAST_LINGER_MS": "1000"}
+    )  # fmt: skip
+    frames: dict[str, list[dict]] = {}
+    for m in simulate_ticks(PRODUCTS, int(START.timestamp()) * 10**9, 3600, seed=6).messages():
+        frames.setdefault(m["time"], []).append(m)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 1})
+    behind: list[list[dict]] = []
+    forecaster = Forecaster(settings, serve_http=False, group_id=f"{topic_name}-forecaster")
+    with running(lambda stop: forecaster.run(stop)):
+        _wait(lambda: forecaster.progress.start, 30, "the forecaster was not assigned its partitions")
+        for _, msgs in sorted(frames.items()):
+            behind.append([m for m in msgs if m["product_id"] == "ETH-USD"])
+            for m in [m for m in msgs if m["product_id"] != "ETH-USD"] + (
+                behind.pop(0) if len(behind) > 4 else []
+            ):
+                partition = PRODUCTS.index(m["product_id"])
+                producer.produce(topic_name, partition=partition, value=orjson.dumps(m))
+            producer.poll(0)
+            time.sleep(0.01)
+        for m in [m for msgs in behind for m in msgs]:
+            producer.produce(topic_name, partition=1, value=orjson.dumps(m))
+        assert producer.flush(30) == 0
+        sent = sum(len(msgs) for msgs in frames.values())
+        _wait(
+            lambda: forecaster.engine is not None and forecaster.engine.counters.ticks >= sent,
+            60,
+            "ticks missing",
+        )
+    counters = forecaster.engine.counters
+    print(f"\nfast replay, one partition 4 frames behind: {sent} ticks, {counters.late_ticks} late")
+    assert counters.ticks == sent and counters.late_ticks == 0

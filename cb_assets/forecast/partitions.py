@@ -1,16 +1,22 @@
 """Where each partition of the ticks topic stands, so that no second closes before its ticks are in.
 
-Ticks of one data second are spread over partitions (keyed by product). While the forecaster catches up on a
-backlog (after a start, a pause of the process, a replay faster than real time), librdkafka hands over each
-partition's fetched messages as one block, so one partition's ticks can run minutes of data ahead of
-another's. Closing seconds on the leading partition's clock would turn the other partitions' ticks into late
-ticks, dropped: a whole product would look silent and every forecast would be refused as out of range.
+Ticks of one data second are spread over partitions (keyed by product), and partitions deliver at their own
+pace: a newer second showing on one partition says nothing about the others. Two rules decide when a second
+may close (`settled`), whichever allows more:
 
-A second therefore closes only once every partition that still has unread messages (its consumed position
-below the high watermark the broker last reported) has delivered ticks past it. A partition that is caught up
-holds nothing back, so a quiet product never stalls the others. A partition that reports unread messages but
-delivers nothing newer for `max_hold_s` stops holding (a slow but moving catch-up keeps its hold, however
-long it takes).
+- every partition that has delivered ticks has delivered a newer second (within a partition ticks come in
+  order, so it can add nothing older);
+- the second's first tick was seen `linger` ago, and so was every earlier second's. In real time (a frame
+  every few seconds) this is the wait for the rest of a frame; in a fast replay it gives a partition that
+  runs a little behind the same grace, where closing on the first newer second would drop its ticks as late.
+
+While the forecaster catches up on a backlog (after a start, a pause of the process, a replay faster than real
+time), librdkafka hands over each partition's fetched messages as one block, so one partition's ticks can run
+minutes of data ahead of another's. Then a second also waits (`closable`) until every partition that still has
+unread messages (its consumed position below the high watermark the broker last reported) has delivered ticks
+past it. A partition that is caught up holds nothing back, so a quiet product never stalls the others. A
+partition that reports unread messages but delivers nothing newer for `max_hold_s` stops holding (a slow but
+moving catch-up keeps its hold, however long it takes).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class PartitionProgress:
     max_hold_s: float = 5.0
     newest_s: dict[int, int] = field(default_factory=dict)  # newest data second seen per partition
     start: dict[int, int] = field(default_factory=dict)  # offset each partition was assigned at
+    first_seen: dict[int, float] = field(default_factory=dict)  # open data second -> when its first tick came
     _waiting_since: dict[int, float] = field(default_factory=dict)  # lagging, and nothing newer since
     _gave_way: set[int] = field(default_factory=set)
 
@@ -42,12 +49,28 @@ class PartitionProgress:
             self._waiting_since.pop(partition, None)
             self._gave_way.discard(partition)
 
-    def seen(self, partition: int, second: int) -> None:
+    def seen(self, partition: int, second: int, now: float | None = None) -> None:
+        if second not in self.first_seen:
+            self.first_seen[second] = time.monotonic() if now is None else now
         if second > self.newest_s.get(partition, second - 1):
             self.newest_s[partition] = second
             if partition in self._waiting_since:
                 self._waiting_since[partition] = time.monotonic()
             self._gave_way.discard(partition)
+
+    def settled(self, floor: int, linger_s: float, now: float | None = None) -> int:
+        """The newest second after `floor` (the newest closed one) that no partition should add ticks to
+        any more, by delivery order or by `linger_s`; `floor` when there is none."""
+        now = time.monotonic() if now is None else now
+        for second in [s for s in self.first_seen if s <= floor]:
+            del self.first_seen[second]
+        delivered = min(self.newest_s.values(), default=floor + 1) - 1
+        upto = max(floor, delivered)
+        for second in sorted(self.first_seen):
+            if second > delivered and now - self.first_seen[second] < linger_s:
+                break
+            upto = max(upto, second)
+        return upto
 
     def closable(self, upto: int, unread: dict[int, int], floor: int) -> int:
         """The newest second up to `upto` that may close, given each partition's unread-message count.

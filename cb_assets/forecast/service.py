@@ -4,9 +4,9 @@
    on (`LiveEngine.from_history`), then the ticks topic is read from a little before the newest stored tick
    was received, in the forecaster's own consumer group. Ticks already reflected in the state are late and
    left out, so a restart neither skips nor doubles a tick.
-2. Each consumed batch adds ticks; a second is closed when a newer second has ticks, or when its own ticks
-   have waited `linger_ms` for the rest of their frame, and never while a partition with unread messages
-   has not delivered past it (partitions.py). Closing seconds steps the engine.
+2. Each consumed batch adds ticks; a second is closed when every partition has delivered a newer one, or
+   when its ticks have waited `linger_ms` for the rest of their frame, and never while a partition with
+   unread messages has not delivered past it (partitions.py). Closing seconds steps the engine.
 3. When new seconds were closed (at most every `every_s` data seconds) the champion forecasts every product
    and horizon from the window ending at the newest second, unless a guard says why not (guards.py). Rows
    go to the ledger writer (never blocking) and to the HTTP/SSE hub.
@@ -112,7 +112,6 @@ class Forecaster:
         self.champion: Champion | None = None
         self._loading: threading.Thread | None = None
         self._pending_skips: Counter = Counter()
-        self._open_second: tuple[int, float] | None = None  # newest second with ticks, and when first seen
         self._last_forecast_anchor = -(10**12)
         self._last_tick_wall = 0.0
         self._state = "starting"
@@ -240,22 +239,17 @@ class Forecaster:
             self.engine = LiveEngine.from_history(self.products, {}, first_s)
             self._state = "forecasting"
         self.engine.add_ticks(products, t, np.asarray(values, dtype=np.float64))
-        newest = grid_second_of(int(t.max()))
-        if self._open_second is None or newest > self._open_second[0]:
-            self._open_second = (newest, time.monotonic())
 
     def _close_and_forecast(self) -> None:
-        if self.engine is None or self._open_second is None:
+        if self.engine is None:
             return
-        second, since = self._open_second
-        # The newest second closes once its frame's other ticks had `linger_ms` to arrive.
-        upto = second if (time.monotonic() - since) * 1000 >= self.cfg.linger_ms else second - 1
-        if upto < self.engine.next_second:
+        floor = self.engine.next_second - 1
+        upto = self.progress.settled(floor, self.cfg.linger_ms / 1000)  # (partitions.py)
+        if upto <= floor:
             return
-        if self._consumer is not None:  # and never before a lagging partition's ticks are in (partitions.py)
-            unread = unread_messages(self._consumer, self.progress)
-            upto = self.progress.closable(upto, unread, floor=self.engine.next_second - 1)
-            if upto < self.engine.next_second:
+        if self._consumer is not None:  # and never before a backlogged partition's ticks are in
+            upto = self.progress.closable(upto, unread_messages(self._consumer, self.progress), floor=floor)
+            if upto <= floor:
                 return
         # Each second that received ticks is an anchor (a replay running ahead must not skip frames).
         for tick_second in self.engine.seconds_with_ticks(upto):
@@ -263,8 +257,6 @@ class Forecaster:
             if self.engine.anchor_s - self._last_forecast_anchor >= self.cfg.every_s:
                 self._forecast()
         self.engine.advance_to(upto)
-        if upto >= second:
-            self._open_second = None
 
     # -- forecasting ---------------------------------------------------------------------------------------
     def _skip(self, reason: str, n: int = 1, detail: str = "") -> None:
