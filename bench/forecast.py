@@ -11,7 +11,8 @@ What it does (real processes, as `cb-assets up` runs them):
 - `cb-assets sink` and `cb-assets forecast` as subprocesses; this process produces the following hours'
   frames to the topic at a chosen pace and notes when each frame was produced;
 - live cadence: one frame every 5 s for `--live-s` seconds; replays at 20x and 100x (an hour of data each);
-  then the 20x replay again while a TensorFlow fine-tune runs in another process.
+  then live cadence and the 20x replay again while a TensorFlow fine-tune runs in another process, at nice 0
+  (the baseline) and at price_model's training priority (model/priority.py).
 Latency is `made_at` of the anchor's ledger rows (set when the row reaches PostgreSQL) minus the time the
 frame whose second is the anchor was produced. CPU share and resident memory are the forecaster process's
 (psutil). It prints figures, never asserts.
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,6 +47,7 @@ from cb_assets.db.connection import connect
 from cb_assets.feed.seed import rows_from_simulation, write_rows
 from cb_assets.feed.simulate import simulate_ticks
 from cb_assets.model.experiment import series_for, window_sets
+from cb_assets.model.settings import TRAINING_NICE
 from cb_assets.stack.procs import free_port
 from cb_assets.stream.topics import ensure_topic
 
@@ -51,17 +55,21 @@ START = datetime(2024, 3, 1, tzinfo=UTC)
 DAY_H = 24  # hours of the market the champion's statistics come from
 CLI = [sys.executable, "-m", "cb_assets.cli"]
 P99_TARGET_MS = 250.0
-# A fine-tune's load: the production network trained on windows of the production shape, until killed.
+# A fine-tune's load: the production network trained on windows of the production shape, until killed, at
+# the nice value given as its argument (price_model trains under the same `training_priority`).
 _TRAINER = """
-import numpy as np, keras
-from cb_assets.model.network import NetworkConfig, build_model, standardised_head
-cfg = NetworkConfig()
-head = standardised_head(build_model(cfg))
-head.compile(optimizer="adam", loss="mse")
-x = np.random.default_rng(0).normal(size=(64, cfg.window, cfg.n_features)).astype("float32")
-y = np.zeros((64, cfg.n_outputs), "float32")
-while True:
-    head.fit(x, y, batch_size=16, epochs=1, verbose=0)
+import sys, numpy as np
+from cb_assets.model.priority import training_priority
+with training_priority(int(sys.argv[1])):
+    import keras
+    from cb_assets.model.network import NetworkConfig, build_model, standardised_head
+    cfg = NetworkConfig()
+    head = standardised_head(build_model(cfg))
+    head.compile(optimizer="adam", loss="mse")
+    x = np.random.default_rng(0).normal(size=(64, cfg.window, cfg.n_features)).astype("float32")
+    y = np.zeros((64, cfg.n_outputs), "float32")
+    while True:
+        head.fit(x, y, batch_size=16, epochs=1, verbose=0)
 """
 
 
@@ -160,6 +168,18 @@ def phase(name: str, player: Player, n_frames: int, every_s: float, url: str, pr
     )
 
 
+@contextmanager
+def fine_tune_running(nice: int) -> Iterator[None]:
+    trainer = subprocess.Popen([sys.executable, "-c", _TRAINER, str(nice)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(20)  # past its TensorFlow import: training is running
+        yield
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--products", type=int, default=12)
@@ -203,14 +223,11 @@ def main() -> None:
             phase("replay 20x (an hour of data)", player, 720 - int(args.live_s / 5) - 1, 0.25, url, proc)
             phase("replay 100x (an hour of data)", player, 720, 0.05, url, proc)
             if not args.no_fine_tune:
-                trainer = subprocess.Popen([sys.executable, "-c", _TRAINER], stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL)  # fmt: skip
-                try:
-                    time.sleep(20)  # past its TensorFlow import: training is running
-                    phase("live cadence, fine-tune running", player, 12, 5.0, url, proc)
-                    phase("replay 20x, fine-tune running", player, 240, 0.25, url, proc)
-                finally:
-                    trainer.kill()
+                # At nice 0 (the baseline, as price_model trained before) and at price_model's default.
+                for nice in (0, TRAINING_NICE):
+                    with fine_tune_running(nice):
+                        phase(f"live cadence, fine-tune at nice {nice}", player, 24, 5.0, url, proc)
+                        phase(f"replay 20x, fine-tune at nice {nice}", player, 240, 0.25, url, proc)
             with connect(url) as conn:
                 inf = conn.execute("SELECT counters->>'inference_ms_p50' FROM forecaster_status").fetchone()[
                     0
