@@ -47,7 +47,7 @@ from cb_assets.db.connection import connect
 from cb_assets.feed.seed import rows_from_simulation, write_rows
 from cb_assets.feed.simulate import simulate_ticks
 from cb_assets.model.experiment import series_for, window_sets
-from cb_assets.model.settings import TRAINING_NICE
+from cb_assets.model.priority import TRAINING_NICE
 from cb_assets.stack.procs import free_port
 from cb_assets.stream.topics import ensure_topic
 

@@ -16,9 +16,10 @@ from cb_assets.defs.resources import ArtifactStore, PostgresResource, WindowStor
 from cb_assets.defs.retries import RETRY_POLICY, deterministic_failures
 from cb_assets.defs.schemas import ModelMetricsModel, column_schema
 from cb_assets.defs.training_windows import TRAINING_WINDOWS
+from cb_assets.model.priority import TRAINING_NICE, training_priority
 from cb_assets.model.settings import NETWORK_DEFAULTS as NET
 from cb_assets.model.settings import TRAIN_DEFAULTS as TRAIN
-from cb_assets.model.settings import TRAINING_NICE, TrainSettings
+from cb_assets.model.settings import TrainSettings
 
 PRICE_MODEL = dg.AssetKey("price_model")
 
@@ -104,7 +105,6 @@ def price_model(
     worse."""
     from cb_assets.model.network import load_model, save_model
     from cb_assets.model.pipeline import NotEnoughData, fine_tune_champion, train_initial
-    from cb_assets.model.priority import training_priority
 
     store, settings = windows.store, config.settings()
     with postgres.connection() as conn:

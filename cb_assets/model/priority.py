@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MAX_NICE = 19
+# price_model's default: the live forecaster and the sink on the same cores come first.
+TRAINING_NICE = 10
 
 
 def _thread_ids() -> set[int]:

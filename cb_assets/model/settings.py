@@ -43,8 +43,6 @@ SCORE_STRIDE = 5
 # A fine-tune keeps the linear model's statistics of earlier hours at this weight per fine-tune (~a day's
 # half-life), so it follows a slowly changing market without forgetting what one hour cannot show.
 LINEAR_DECAY = 0.97
-# Nice value of a training (priority.py): the live forecaster and the sink on the same cores come first.
-TRAINING_NICE = 10
 
 
 @dataclass(frozen=True)
