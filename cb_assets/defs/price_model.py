@@ -55,8 +55,8 @@ class PriceModelConfig(dg.Config):
     ff_dim: int = NET.ff_dim
     head_units: int = NET.head_units
     dropout: float = NET.dropout
-    # CPU priority while training (0-19; higher yields more): a fine-tune beside the live forecaster on
-    # two cores took its p99 latency from ~120 to ~550 ms at nice 0 (bench/forecast.py).
+    # CPU priority while training (0-19; higher yields more): beside a fine-tune on two cores the live
+    # forecaster's p99 was 412 ms at nice 0, 136 ms at nice 10 (bench/forecast.py).
     nice: int = Field(default=TRAINING_NICE, ge=0, le=19)
 
     def settings(self) -> TrainSettings:
