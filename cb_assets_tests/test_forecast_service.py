@@ -58,7 +58,7 @@ def _sse_first_event(port: int, timeout_s: float) -> dict:
     raise AssertionError("the stream ended without an event")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(expected_s=20)
 def test_forecasts_are_made_kept_scored_served_and_survive_restart_and_swap(
     make_database,
     kafka_bootstrap: str,

@@ -53,7 +53,7 @@ def _producer_counters(log: str) -> dict[str, int]:
     return {k: int(float(v)) for k, v in re.findall(r"(\w+)=([\d.]+)", m.group(1))}
 
 
-@pytest.mark.slow
+@pytest.mark.slow(expected_s=45)
 def test_broker_down_for_30_s_then_back(tmp_path: Path, make_database) -> None:
     db = make_database()
     broker = BundledBroker(free_port(), tmp_path / "broker.pid", tmp_path / "broker.log")
@@ -113,7 +113,7 @@ def test_broker_down_for_30_s_then_back(tmp_path: Path, make_database) -> None:
         ]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(expected_s=20)
 def test_postgres_restarted_under_the_sink(tmp_path: Path, kafka_bootstrap: str, topic_name: str) -> None:
     server = EmbeddedPostgres(tmp_path / "pg", free_port(), tmp_path / "pg.log")
     server.start()
@@ -214,7 +214,7 @@ def _malformed(i: int, base_ns: int) -> str:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(expected_s=20)
 def test_burst_of_10000_malformed_frames(
     tmp_path: Path, kafka_bootstrap: str, topic_name: str, make_database
 ) -> None:

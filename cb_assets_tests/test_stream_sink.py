@@ -206,7 +206,7 @@ def _sink_process(kafka_bootstrap: str, topic: str, db: str, batch_size: int) ->
     )
 
 
-@pytest.mark.slow
+@pytest.mark.slow(expected_s=25)
 def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
     kafka_bootstrap: str, topic_name: str, db: str
 ) -> None:

@@ -157,7 +157,7 @@ def test_ui_shows_lineage_automation_plots_and_checks(platform: DagsterDev) -> N
     assert len(list(ARTIFACTS.glob("0*.png"))) >= 6
 
 
-@pytest.mark.slow
+@pytest.mark.slow(expected_s=330)
 def test_backfill_of_a_day_then_rerun_of_the_failed_hour_only(platform: DagsterDev) -> None:
     url = platform.env["CB_DATABASE_URL"]
     # Keep the sensor out of it: this test drives the day through a backfill, as a user catching up would.

@@ -98,3 +98,15 @@ def default_signals_preexec() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.setpgrp()
+
+
+def alive_since(pid: int, since: float) -> bool:
+    """Whether process `pid` runs and has run since `since` (epoch seconds), i.e. the pid was not reused by a
+    process started later. A zombie (killed, not yet reaped) is not alive. Access denied means it exists."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= since + 1.0
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
