@@ -5,7 +5,8 @@ stopped mid-run, the machine restarted, the worker killed by the OOM killer) STA
 holds its chain's concurrency slot, and a fine-tune in that state is the sensor's fine-tune in flight:
 sensor-triggered retraining stopped after a restart that caught a fine-tune between registering its version
 and ending (seen in the retraining drill). With this launcher and `run_monitoring` in dagster.yaml, the
-monitoring daemon marks such a run failed within a poll interval and `run_retries` starts it again.
+monitoring daemon marks such a run failed within a poll interval, gives back the pool slot it held
+(`free_slots_after_run_end_seconds`) and `run_retries` starts it again.
 
 The worker's pid and start come from the run's RUN_START event, written by the worker itself; the check is
 only meaningful where the runs execute on the daemon's machine, which is how cb-assets runs Dagster.
