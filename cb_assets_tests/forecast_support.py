@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -99,6 +101,11 @@ def running(target, *args, **kwargs) -> Iterator[threading.Event]:
     thread.start()
     try:
         yield stop
+    except BaseException:
+        # What every thread was doing when the test gave up: a service stuck (a champion that never
+        # loads, a poll that never returns) shows here rather than only as a timeout.
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        raise
     finally:
         stop.set()
         thread.join(60)

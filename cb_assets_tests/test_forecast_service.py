@@ -38,6 +38,10 @@ def _ledger(url: str) -> list[tuple]:
         ).fetchall()
 
 
+def _loaded(caplog: pytest.LogCaptureFixture, version_id: int) -> bool:
+    return any(r.getMessage().startswith(f"champion is now v{version_id} ") for r in caplog.records)
+
+
 def _wait(what, timeout_s: float, message: str):
     return wait_until(what, timeout_s, message, every_s=0.25)
 
@@ -89,6 +93,9 @@ def test_forecasts_are_made_kept_scored_served_and_survive_restart_and_swap(
     player = FramePlayer(sim, LIVE_HOUR, kafka_bootstrap, topic_name)
 
     with running(run_sink, settings), running(run_forecaster, settings):
+        # The champion loads beside the forecaster (2-3 s alone); the frames wait for it, or a slow load on
+        # a busy machine would leave the first anchors without a forecast. A load that hangs logs its stack.
+        _wait(lambda: _loaded(caplog, v1), 180, f"champion v{v1} was not loaded")
         player.play(60)  # five data minutes
         _wait(lambda: [r for r in _ledger(url) if r[2] >= LIVE_HOUR + timedelta(seconds=250)], 60,
                        "no forecasts were written")  # fmt: skip

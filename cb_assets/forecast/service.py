@@ -37,7 +37,7 @@ from cb_assets.db.connection import connect
 from cb_assets.db.forecast_store import LedgerRow, add_skips, drop_summarised, score_due, write_status
 from cb_assets.db.raw_store import raw_clock, read_raw_ticks
 from cb_assets.forecast import guards
-from cb_assets.forecast.champion import Champion, limit_tensorflow_threads, load_champion
+from cb_assets.forecast.champion import Champion, ChampionLoader, limit_tensorflow_threads
 from cb_assets.forecast.engine import LiveEngine
 from cb_assets.forecast.ledger import LedgerWriter
 from cb_assets.forecast.partitions import OFFSET_BEGINNING, PartitionProgress, log_end, unread_messages
@@ -110,7 +110,7 @@ class Forecaster:
         self.ledger = LedgerWriter(settings.database_url, on_commit=on_commit)
         self.engine: LiveEngine | None = None
         self.champion: Champion | None = None
-        self._loading: threading.Thread | None = None
+        self._loader = ChampionLoader(self.products)
         self._pending_skips: Counter = Counter()
         self._last_forecast_anchor = -(10**12)
         self._last_tick_wall = 0.0
@@ -352,25 +352,15 @@ class Forecaster:
             self._state = "forecasting"
 
     def _poll_champion(self) -> None:
-        if self._loading is not None and self._loading.is_alive():
+        if self._loader.busy():
             return
         current = registry.alias(self._db())
         if current is None or (self.champion is not None and current.id == self.champion.version_id):
             return
+        self._loader.start(current.id, current.artifact_path, self._swap_champion)
 
-        def load() -> None:
-            try:
-                champ = load_champion(current.id, current.artifact_path, self.products)
-            except Exception as exc:  # a broken artifact must not stop forecasting with the old one
-                log.error("could not load champion v%s from %s: %s", current.id, current.artifact_path, exc)
-                return
-            self.champion = champ  # one reference swap: the next forecast uses it
-            log.info(
-                "champion is now v%s%s", champ.version_id, f" ({champ.mismatch})" if champ.mismatch else ""
-            )
-
-        self._loading = threading.Thread(target=load, name="champion-loader", daemon=True)
-        self._loading.start()
+    def _swap_champion(self, champ: Champion) -> None:
+        self.champion = champ  # one reference swap: the next forecast uses it
 
     def _write_status(self) -> None:
         counters = {**self.stats.as_dict(), "state": self._state, "ledger": self.ledger.stats.__dict__}
