@@ -34,6 +34,19 @@ _EXTERNAL_KAFKA = os.environ.get("CB_KAFKA_BOOTSTRAP", "").strip()
 _PLATFORM_ENV = {k: v for k, v in os.environ.items() if k.startswith(("CB_", "DAGSTER_"))}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest test files first, by the `expected_s` of their `slow` marks (scripts/test turns off xdist's own
+    reorder, which puts files with the most tests first and so started a one-test 8-15 minute drill last, where
+    it alone set the length of the run). Files keep their own order of tests and, at equal cost, their place."""
+    cost: dict[Path, float] = {}
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        cost[item.path] = cost.get(item.path, 0.0) + (
+            float(mark.kwargs.get("expected_s", 60)) if mark else 0.0
+        )
+    items.sort(key=lambda item: -cost[item.path])
+
+
 @pytest.fixture(autouse=True)
 def _platform_env_isolated() -> Iterator[None]:
     """Undo CB_*/DAGSTER_* changes a test (or an import) made, so subprocesses of later tests inherit none."""

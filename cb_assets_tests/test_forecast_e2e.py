@@ -120,7 +120,7 @@ def _live_scores(make_database, kafka_bootstrap: str, tmp_path: Path, lead_lag: 
     return {(p, h): (n, skill) for p, h, n, skill in rows}
 
 
-@pytest.mark.slow(expected_s=45)
+@pytest.mark.slow(expected_s=95)
 def test_live_skill_on_the_planted_follower_and_none_without_the_relation(
     make_database, kafka_bootstrap: str, tmp_path: Path
 ) -> None:

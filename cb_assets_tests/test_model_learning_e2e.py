@@ -124,7 +124,7 @@ def _latent_oracle_skill(market: Market) -> float:
     return oracle_skill(x, z, LEAD_LAG, every=1).skill
 
 
-@pytest.mark.slow(expected_s=100)  # most of it the module fixture's training
+@pytest.mark.slow(expected_s=210)  # most of it the module fixture's training
 def test_network_learns_the_planted_lead_lag(with_signal: Market) -> None:
     result = with_signal.result
     reports = result.reports
@@ -154,7 +154,7 @@ def test_network_learns_the_planted_lead_lag(with_signal: Market) -> None:
     assert min(bystanders) >= -0.005, bystanders
 
 
-@pytest.mark.slow(expected_s=90)
+@pytest.mark.slow(expected_s=195)
 def test_network_finds_nothing_without_the_signal(without_signal: Market) -> None:
     """Same market without the relation: every output of the champion within 0.005 of persistence (the
     network alone, calibrated, scored -0.46 to 0.00 here over the versions of the time; the gate serves

@@ -95,7 +95,7 @@ def ticks_from_bars(bars: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return times, np.column_stack([fields[c] for c in SERIES_COLUMNS])
 
 
-@pytest.mark.slow(expected_s=90)
+@pytest.mark.slow(expected_s=270)
 def test_real_day_report() -> None:
     paths = {
         p: shared_data(f"quantconnect_lean_coinbase/minute_{p.replace('-', '').lower()}_{DAY}_trade.zip")

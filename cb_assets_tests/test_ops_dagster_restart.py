@@ -67,7 +67,7 @@ def _cursor(dev: DagsterDev) -> dict:
     return json.loads(raw) if raw else {}
 
 
-@pytest.mark.slow(expected_s=175)
+@pytest.mark.slow(expected_s=460)
 def test_dagster_dev_restart_keeps_the_cursor_and_never_repeats_work(make_database, tmp_path: Path) -> None:
     url = make_database()
     env = {

@@ -53,7 +53,7 @@ def _producer_counters(log: str) -> dict[str, int]:
     return {k: int(float(v)) for k, v in re.findall(r"(\w+)=([\d.]+)", m.group(1))}
 
 
-@pytest.mark.slow(expected_s=45)
+@pytest.mark.slow(expected_s=50)
 def test_broker_down_for_30_s_then_back(tmp_path: Path, make_database) -> None:
     db = make_database()
     broker = BundledBroker(free_port(), tmp_path / "broker.pid", tmp_path / "broker.log")

@@ -79,7 +79,7 @@ def _wait(predicate, timeout_s: float, what: str) -> float:
     raise AssertionError(f"{what} did not happen within {timeout_s:.0f} s")
 
 
-@pytest.mark.slow(expected_s=120)
+@pytest.mark.slow(expected_s=160)
 def test_forecaster_survives_kill_database_restart_and_broker_outage(tmp_path: Path) -> None:
     pg = EmbeddedPostgres(tmp_path / "pg", free_port(), tmp_path / "pg.log")
     broker = BundledBroker(free_port(), tmp_path / "broker.pid", tmp_path / "broker.log")

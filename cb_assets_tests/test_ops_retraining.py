@@ -119,7 +119,7 @@ def _hours_materialised_by_successful_chain_runs(dev: DagsterDev) -> list[str]:
     return hours
 
 
-@pytest.mark.slow(expected_s=900)
+@pytest.mark.slow(expected_s=620)
 # Two `dagster dev` sessions and ~25 runs, each a new process: 470 s alone on 2 quiet cores, 900 s and more in
 # CI beside the other worker (niced fine-tunes yield to it), so it gets twice the suite's per-test limit.
 @pytest.mark.timeout(1800)

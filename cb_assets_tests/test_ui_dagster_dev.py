@@ -76,6 +76,7 @@ def platform(make_database, tmp_path_factory) -> DagsterDev:
 
 
 @pytest.mark.browser
+@pytest.mark.slow(expected_s=205)  # with the module fixture's dagster dev and backfill of its hours
 def test_ui_shows_lineage_automation_plots_and_checks(platform: DagsterDev) -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail(
@@ -157,7 +158,7 @@ def test_ui_shows_lineage_automation_plots_and_checks(platform: DagsterDev) -> N
     assert len(list(ARTIFACTS.glob("0*.png"))) >= 6
 
 
-@pytest.mark.slow(expected_s=330)
+@pytest.mark.slow(expected_s=520)
 def test_backfill_of_a_day_then_rerun_of_the_failed_hour_only(platform: DagsterDev) -> None:
     url = platform.env["CB_DATABASE_URL"]
     # Keep the sensor out of it: this test drives the day through a backfill, as a user catching up would.
