@@ -158,3 +158,32 @@ def test_a_canceled_fine_tune_is_requested_again_under_a_new_run_key_until_it_ke
 def test_an_hour_not_there_yet_holds_fine_tuning_in_order() -> None:
     plan = tune(FineTuneCursor(), {0: 3000, 1: None, 2: 3000}, states={1: RETRY_WAIT})
     assert plan.request_hours == (partition_key(h(0)),)
+
+
+def test_hours_the_registry_holds_are_not_requested_again() -> None:
+    """A fine-tune whose worker died after registering its version failed, so its hours are carried; the
+    registry refuses them ("nothing to train on"), so they are dropped instead of failing run after run."""
+    k = [partition_key(h(i)) for i in range(3)]
+    inflight = FineTuneCursor(through=h(0), inflight_key="finetune:a", inflight_hours=(k[1],), failures=1)
+
+    def evaluate(cursor: FineTuneCursor, through: int, outcome=None, learned=()):
+        return plan_fine_tune(
+            cursor,
+            requested_through=h(through),
+            earliest=h(0),
+            outcome=outcome,
+            hour_state=lambda x: None,
+            valid_windows=lambda x: 3000,
+            min_valid_windows=300,
+            learned=learned,
+        )
+
+    again = evaluate(inflight, 1, RunOutcome("failure"))
+    assert again.request_hours == (k[1],) and again.cursor.failures == 2  # without the registry's word
+
+    held = evaluate(inflight, 1, RunOutcome("failure"), learned={k[0], k[1]})
+    assert held.request_hours == () and held.already_learned == [k[1]]
+    assert held.cursor == FineTuneCursor(through=h(1))  # carry and failure count cleared
+
+    nxt = evaluate(held.cursor, 2, learned={k[0], k[1]})
+    assert nxt.request_hours == (k[2],) and nxt.request_key == f"finetune:{k[2]}..{k[2]}"

@@ -68,6 +68,58 @@ def _train(res: dict, instance: dg.DagsterInstance, **config: object) -> dg.Exec
     )
 
 
+def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:
+    url, res, _ = platform
+    sensor_resources = {k: res[k] for k in ("postgres", "market", "windows")}
+    result = raw_ticks_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
+    # The newest tick is just before 04:00; with 120 s grace hour 03:00 is not complete yet.
+    with connect(url) as conn:
+        newest = conn.execute("SELECT max(time) FROM raw_ticks").fetchone()[0]
+    assert newest_complete_hour(newest, 120) == hour(H[2])
+    hourly = [r for r in result.run_requests if r.job_name == "hourly_assets_job"]
+    assert len(hourly) == 1 and hourly[0].tags["dagster/asset_partition_range_start"] == H[0]
+    assert hourly[0].tags["dagster/asset_partition_range_end"] == H[2]
+    tunes = [r for r in result.run_requests if r.job_name == "fine_tune_job"]
+    # H0 is a cold start (no valid windows): passed over; H1 and H2 have windows and go into one run.
+    assert len(tunes) == 1
+    assert tunes[0].run_config["ops"]["price_model"]["config"]["hours"] == [H[1], H[2]]
+    assert tunes[0].run_key == f"finetune:{H[1]}..{H[2]}"
+    cursor = SensorCursor.parse(result.cursor)
+    # The fine-tune cursor moves only once that run has succeeded.
+    assert cursor.requested_through == H[2] and cursor.fine_tuned_through is None
+    assert cursor.fine_tune_inflight == tunes[0].run_key
+
+    # Nothing new: a skip with the reason, never the same request twice.
+    again = raw_ticks_sensor(
+        dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=sensor_resources)
+    )
+    assert not again.run_requests and "nothing new" in again.skip_reason.skip_message
+
+    # The fine-tune run succeeds; a new tick past 04:02 completes hour 03:00: the chain for H3, and (its
+    # windows being materialised) a fine-tune on H3.
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="fine_tune_job",
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.SUCCESS,
+            tags={"dagster/run_key": tunes[0].run_key},
+        )
+    )
+    with connect(url) as conn:
+        conn.execute(
+            "INSERT INTO raw_ticks SELECT product_id, time + interval '5 minutes', price, volume_24_h, low_24_h, "
+            "high_24_h, low_52_w, high_52_w, price_percent_chg_24_h, best_bid, best_ask, now(), source, -1, -1 "
+            "FROM raw_ticks WHERE time = (SELECT max(time) FROM raw_ticks)"
+        )
+    third = raw_ticks_sensor(
+        dg.build_sensor_context(instance=instance, cursor=again.cursor, resources=sensor_resources)
+    )
+    jobs = {r.job_name: r for r in third.run_requests}
+    assert jobs["hourly_assets_job"].partition_key == H[3]
+    assert jobs["fine_tune_job"].run_config["ops"]["price_model"]["config"]["hours"] == [H[3]]
+    assert SensorCursor.parse(third.cursor).fine_tuned_through == H[2]
+
+
 def test_initial_training_then_fine_tune_with_registry(platform, instance) -> None:
     url, res, _ = platform
     first = _train(res, instance, mode="initial", hours=[H[1], H[2]])
@@ -214,58 +266,6 @@ def test_rejected_hours_stay_pending_until_a_promoted_version_learns_them(make_d
         assert registry.fine_tuned_hours(conn) == set(H)
 
 
-def test_sensor_requests_hours_then_fine_tunes_once(platform, instance) -> None:
-    url, res, _ = platform
-    sensor_resources = {k: res[k] for k in ("postgres", "market", "windows")}
-    result = raw_ticks_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
-    # The newest tick is just before 04:00; with 120 s grace hour 03:00 is not complete yet.
-    with connect(url) as conn:
-        newest = conn.execute("SELECT max(time) FROM raw_ticks").fetchone()[0]
-    assert newest_complete_hour(newest, 120) == hour(H[2])
-    hourly = [r for r in result.run_requests if r.job_name == "hourly_assets_job"]
-    assert len(hourly) == 1 and hourly[0].tags["dagster/asset_partition_range_start"] == H[0]
-    assert hourly[0].tags["dagster/asset_partition_range_end"] == H[2]
-    tunes = [r for r in result.run_requests if r.job_name == "fine_tune_job"]
-    # H0 is a cold start (no valid windows): passed over; H1 and H2 have windows and go into one run.
-    assert len(tunes) == 1
-    assert tunes[0].run_config["ops"]["price_model"]["config"]["hours"] == [H[1], H[2]]
-    assert tunes[0].run_key == f"finetune:{H[1]}..{H[2]}"
-    cursor = SensorCursor.parse(result.cursor)
-    # The fine-tune cursor moves only once that run has succeeded.
-    assert cursor.requested_through == H[2] and cursor.fine_tuned_through is None
-    assert cursor.fine_tune_inflight == tunes[0].run_key
-
-    # Nothing new: a skip with the reason, never the same request twice.
-    again = raw_ticks_sensor(
-        dg.build_sensor_context(instance=instance, cursor=result.cursor, resources=sensor_resources)
-    )
-    assert not again.run_requests and "nothing new" in again.skip_reason.skip_message
-
-    # The fine-tune run succeeds; a new tick past 04:02 completes hour 03:00: the chain for H3, and (its
-    # windows being materialised) a fine-tune on H3.
-    instance.add_run(
-        dg.DagsterRun(
-            job_name="fine_tune_job",
-            run_id=str(uuid.uuid4()),
-            status=dg.DagsterRunStatus.SUCCESS,
-            tags={"dagster/run_key": tunes[0].run_key},
-        )
-    )
-    with connect(url) as conn:
-        conn.execute(
-            "INSERT INTO raw_ticks SELECT product_id, time + interval '5 minutes', price, volume_24_h, low_24_h, "
-            "high_24_h, low_52_w, high_52_w, price_percent_chg_24_h, best_bid, best_ask, now(), source, -1, -1 "
-            "FROM raw_ticks WHERE time = (SELECT max(time) FROM raw_ticks)"
-        )
-    third = raw_ticks_sensor(
-        dg.build_sensor_context(instance=instance, cursor=again.cursor, resources=sensor_resources)
-    )
-    jobs = {r.job_name: r for r in third.run_requests}
-    assert jobs["hourly_assets_job"].partition_key == H[3]
-    assert jobs["fine_tune_job"].run_config["ops"]["price_model"]["config"]["hours"] == [H[3]]
-    assert SensorCursor.parse(third.cursor).fine_tuned_through == H[2]
-
-
 def test_empty_table_skips_with_reason(make_database, instance) -> None:
     url = make_database()
     res = resources(url, Path("/nonexistent"))
@@ -279,3 +279,20 @@ def test_newest_complete_hour_uses_the_grace_period() -> None:
     t = hour(H[1]) + timedelta(seconds=119)
     assert newest_complete_hour(t, 120) == hour(H[0]) - HOUR
     assert newest_complete_hour(t + timedelta(seconds=1), 120) == hour(H[0])
+
+
+def test_sensor_leaves_out_hours_the_registry_holds(platform, instance) -> None:
+    """After the tests above trained on H1..H3, a sensor with a fresh cursor requests no fine-tune of them
+    (price_model would refuse them as nothing to train on) and moves its fine-tune cursor past them."""
+    url, res, _ = platform
+    with connect(url) as conn:
+        held = registry.fine_tuned_hours(conn) | registry.fine_tune_targets(conn)
+    assert {H[1], H[2], H[3]} <= held
+    result = raw_ticks_sensor(
+        dg.build_sensor_context(
+            instance=instance, resources={k: res[k] for k in ("postgres", "market", "windows")}
+        )
+    )
+    assert [r for r in result.run_requests if r.job_name == "fine_tune_job"] == []
+    assert any(r.job_name == "hourly_assets_job" for r in result.run_requests)
+    assert SensorCursor.parse(result.cursor).fine_tuned_through == H[3]

@@ -21,7 +21,7 @@ hours of a run that failed are folded into the next request, so no hour is dropp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -154,6 +154,7 @@ class FineTunePlan:
     request_hours: tuple[str, ...] = ()
     request_key: str | None = None
     passed_over: list[str] = field(default_factory=list)
+    already_learned: list[str] = field(default_factory=list)  # ready, but the registry holds them already
     waiting: str | None = None  # why nothing is requested although hours are ready
 
 
@@ -172,8 +173,14 @@ def plan_fine_tune(
     valid_windows: Callable[[datetime], int | None],
     min_valid_windows: int,
     paused: bool = False,
+    learned: Collection[str] = (),
 ) -> FineTunePlan:
-    """The next fine-tune request (at most one run in flight) and the cursor after this evaluation."""
+    """The next fine-tune request (at most one run in flight) and the cursor after this evaluation.
+
+    `learned` holds the hours price_model would refuse as nothing new (learned by a promoted version, or
+    the target of an earlier fine-tune): a run whose worker died after registering its version, retried,
+    or hours a rejected challenger already took. They are dropped from the request rather than sent to
+    fail with "nothing to train on" (and count towards the failures that hold fine-tuning back)."""
     if cursor.inflight_key is not None:
         if outcome is None or outcome.status in ("queued", "running") or outcome.will_retry:
             return FineTunePlan(cursor)
@@ -204,9 +211,14 @@ def plan_fine_tune(
         (ready if valid >= min_valid_windows else passed).append(partition_key(h))
         scanned_to = h
         h += HOUR
-    ready = sorted(set(ready))
+    known = set(learned)
+    already = sorted({h for h in ready if h in known})
+    ready = sorted({h for h in ready if h not in known})
+    if already:
+        carry = tuple(h for h in cursor.carry if h not in known)
+        cursor = replace(cursor, carry=carry, failures=cursor.failures if carry else 0)
     if not ready:
-        return FineTunePlan(replace(cursor, through=scanned_to), passed_over=passed)
+        return FineTunePlan(replace(cursor, through=scanned_to), passed_over=passed, already_learned=already)
     if cursor.failures >= MAX_FINE_TUNE_FAILURES and set(ready) <= set(cursor.carry):
         return FineTunePlan(
             cursor,
@@ -228,6 +240,7 @@ def plan_fine_tune(
         request_hours=tuple(ready),
         request_key=key,
         passed_over=passed,
+        already_learned=already,
     )
 
 

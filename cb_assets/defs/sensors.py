@@ -154,6 +154,7 @@ def raw_ticks_sensor(
             return dg.SkipReason("raw_ticks is empty: no feed has delivered ticks yet")
         open_hours = hour_runs_store.open_hours(conn)
         paused, paused_why = model_registry.fine_tuning_paused(conn)
+        learned = model_registry.fine_tuned_hours(conn) | model_registry.fine_tune_targets(conn)
         earliest = max(floor_hour(clock.first_tick), floor_hour(hourly_partitions.start))
         store = windows.store
         chain = plan_chain(
@@ -195,10 +196,13 @@ def raw_ticks_sensor(
         valid_windows=lambda h: store.valid_count(partition_key(h)),
         min_valid_windows=MIN_VALID_WINDOWS,
         paused=paused,
+        learned=learned,
     )
     cursor.set_fine_tune(tune.cursor)
     if tune.waiting:
         context.log.warning(tune.waiting)
+    if tune.already_learned:
+        context.log.info("not fine-tuning on %s again: the registry holds them already", tune.already_learned)
     if tune.passed_over:
         context.log.info("not fine-tuning on %s: skipped, or too few valid windows", tune.passed_over)
     if tune.request_key:
