@@ -286,7 +286,7 @@ def test_sensor_leaves_out_hours_the_registry_holds(platform, instance) -> None:
     (price_model would refuse them as nothing to train on) and moves its fine-tune cursor past them."""
     url, res, _ = platform
     with connect(url) as conn:
-        held = registry.fine_tuned_hours(conn) | registry.fine_tune_targets(conn)
+        held = registry.held_hours(conn)
     assert {H[1], H[2], H[3]} <= held
     result = raw_ticks_sensor(
         dg.build_sensor_context(

@@ -193,6 +193,12 @@ def fine_tune_targets(conn: psycopg.Connection, family: str = "composite") -> se
     return {r[0] for r in rows}
 
 
+def held_hours(conn: psycopg.Connection, family: str = "composite") -> set[str]:
+    """Hours a fine-tune of `family` refuses as nothing new: learned by a promoted version, or the target of
+    an earlier fine-tune. price_model trains only on hours outside it and the sensor requests none inside."""
+    return fine_tuned_hours(conn) | fine_tune_targets(conn, family)
+
+
 def pending_hours(conn: psycopg.Connection) -> list[str]:
     """Hours that only rejected fine-tunes trained on, oldest first: the next fine-tune takes them too."""
     rows = conn.execute(

@@ -42,7 +42,7 @@ class RegistryState:
     done: set[str]  # hours a promoted version learned
     pending: list[str]  # hours only rejected fine-tunes trained on
     trained: set[str]  # every hour some version trained on (the replay pool)
-    targeted: set[str]  # target hours of this family's fine-tunes
+    held: set[str]  # hours a fine-tune refuses (registry.held_hours)
 
     @classmethod
     def read(cls, conn: psycopg.Connection, family: str) -> RegistryState:
@@ -52,7 +52,7 @@ class RegistryState:
             registry.fine_tuned_hours(conn),
             registry.pending_hours(conn),
             registry.trained_hours(conn),
-            registry.fine_tune_targets(conn, family),
+            registry.held_hours(conn, family),
         )
 
     def mode_for(self, requested: str) -> str:
@@ -87,7 +87,7 @@ def plan(
     """The hours of one run. A fine-tune never trains twice on a learned hour, and folds in the hours that
     only rejected challengers trained on (the newest `replay_hours` of them; older ones stay in the replay
     pool), so a lost comparison does not drop an hour from learning."""
-    done, targeted, pending, trained = state.done, state.targeted, state.pending, state.trained
+    done, held, pending, trained = state.done, state.held, state.pending, state.trained
     if requested:
         missing = [h for h in requested if h not in available]
         if missing:
@@ -103,7 +103,7 @@ def plan(
         )
     if mode != "fine_tune":
         return Plan(mode, hours, [], [], hours[-gate_hours:])
-    fresh = [h for h in hours if h not in done and h not in targeted]
+    fresh = [h for h in hours if h not in held]
     if not fresh:
         raise dg.Failure(f"nothing to train on: {list(hours)} already learned or fine-tuned on")
     folded = [h for h in pending if h in available and h < fresh[0]][-replay_hours:]

@@ -154,7 +154,7 @@ def raw_ticks_sensor(
             return dg.SkipReason("raw_ticks is empty: no feed has delivered ticks yet")
         open_hours = hour_runs_store.open_hours(conn)
         paused, paused_why = model_registry.fine_tuning_paused(conn)
-        learned = model_registry.fine_tuned_hours(conn) | model_registry.fine_tune_targets(conn)
+        learned = model_registry.held_hours(conn)
         earliest = max(floor_hour(clock.first_tick), floor_hour(hourly_partitions.start))
         store = windows.store
         chain = plan_chain(

@@ -20,6 +20,7 @@ import numpy as np
 
 from cb_assets.forecast import guards
 
+# The forecaster's logger: its champion lines stay where operators already read (and filter) them.
 log = logging.getLogger("cb_assets.forecast.service")
 
 # A load (read, compile, one warm-up forecast) takes 2-3 s; one still running after this long is reported
